@@ -1,0 +1,54 @@
+"""Training-time augmentation presets, sized from the backbone's preprocessing.
+
+``augment="light"``: random resized crop (zoom 0.6-1.0) and horizontal flip.
+``augment="strong"``: random resized crop (zoom 0.3-1.0), horizontal flip, a
+small affine shear/rotation (10 degrees) and color jitter.
+A user transform (any picklable callable on an RGB PIL image or a float
+tensor in [0, 1], such as a torchvision ``v2.Compose``) is applied as given;
+the backbone's resize to its input size and normalization follow it.
+
+Examples
+--------
+>>> from sktransfer.backbones import DataConfig
+>>> from PIL import Image
+>>> aug = make_augment("strong", DataConfig(input_size=32))
+>>> aug(Image.new("RGB", (64, 48))).size
+(32, 32)
+"""
+
+from __future__ import annotations
+
+from .exceptions import InputError
+
+__all__ = ["PRESETS", "make_augment"]
+
+PRESETS = ("light", "strong")
+
+
+def make_augment(augment, data_config):
+    """Resolve ``augment`` (None, a preset name or a callable) into a transform or None."""
+    if augment is None or augment is False or augment == "none":
+        return None
+    if callable(augment):
+        return augment
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    size = data_config.input_size
+    interp = InterpolationMode(data_config.interpolation)
+    if augment == "light":
+        return T.Compose(
+            [T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp, antialias=True), T.RandomHorizontalFlip()]
+        )
+    if augment == "strong":
+        return T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(0.3, 1.0), interpolation=interp, antialias=True),
+                T.RandomHorizontalFlip(),
+                T.RandomAffine(degrees=10, shear=10, interpolation=interp),
+                T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+            ]
+        )
+    raise InputError(
+        f"augment must be None, one of {PRESETS} or a callable transform; got {augment!r}."
+    )

@@ -1,0 +1,211 @@
+"""Activation cache: compute a frozen network's outputs once per image, reuse them.
+
+Both estimators take ``memory=`` (like ``Pipeline(memory=...)``): ``None``
+keeps reuse inside one ``fit``; a folder path, a :class:`joblib.Memory` or a
+:class:`FeatureMemory` also keeps activations on disk, across fits, grid
+candidates, CV folds and processes.
+
+Keys. An entry is keyed by (the frozen module's weights, buffers and
+structure, the preprocessing, the precision, the cut point and pooling) and
+by the item's *content* (a file's bytes, an array's or image's pixels), so a
+changed file, other weights or another layer never give a stale hit.
+
+Layout and safety. Entries live under
+``<location>/sktransfer-activations/<model key>/<2 hex>/<item key>.npy``.
+Each is written to a temporary file and renamed into place (atomic on POSIX
+and Windows), so two processes writing at once, or a process killed
+mid-write, never leave a half-written entry that is read back; an unreadable
+entry counts as a miss and is recomputed. The cache is bounded: past
+``max_bytes`` the least recently used entries are deleted.
+
+Examples
+--------
+>>> import tempfile
+>>> mem = FeatureMemory(tempfile.mkdtemp(), max_bytes=10**6)
+>>> mem.put("model", ["a"], [np.ones(3, dtype=np.float32)])
+>>> mem.get("model", ["a", "b"])[0].tolist(), mem.get("model", ["b"])[0]
+([1.0, 1.0, 1.0], None)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FeatureMemory", "resolve_memory", "module_fingerprint", "cached_inference", "stats"]
+
+FORMAT_VERSION = 1
+DEFAULT_MAX_BYTES = 20 * 1024**3
+_SUBDIR = "sktransfer-activations"
+_STALE_TMP_SECONDS = 3600
+_STATS = {"hits": 0, "misses": 0}
+
+
+def stats(reset: bool = False) -> dict:
+    """Hits and misses of the disk cache in this process (for tests and benchmarks)."""
+    out = dict(_STATS)
+    if reset:
+        _STATS.update(hits=0, misses=0)
+    return out
+
+
+class FeatureMemory:
+    """A bounded on-disk store of activations (see the module docstring).
+
+    Parameters
+    ----------
+    location : str or Path
+        Folder; entries go to ``location/sktransfer-activations/``.
+    max_bytes : int, default=20 GiB
+        Size bound; least recently used entries are evicted past it.
+    """
+
+    def __init__(self, location, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.location = location
+        self.max_bytes = max_bytes
+
+    @property
+    def root(self) -> Path:
+        return Path(self.location) / _SUBDIR
+
+    def _path(self, model_key: str, item_key: str) -> Path:
+        return self.root / model_key / item_key[:2] / f"{item_key}.npy"
+
+    def get(self, model_key: str, item_keys) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = []
+        for key in item_keys:
+            path = self._path(model_key, key)
+            try:
+                arr = np.load(path, allow_pickle=False)
+                os.utime(path)  # recently used: evicted last
+            except (OSError, ValueError, EOFError):
+                arr = None
+                if path.exists():  # unreadable entry: drop it, it will be recomputed
+                    path.unlink(missing_ok=True)
+            out.append(arr)
+        return out
+
+    def put(self, model_key: str, item_keys, arrays) -> None:
+        written = 0
+        for key, arr in zip(item_keys, arrays):
+            path = self._path(model_key, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            os.replace(tmp, path)
+            written += path.stat().st_size
+        if written:
+            self.evict()
+
+    def size(self) -> int:
+        return sum(f.stat().st_size for f in self._files())
+
+    def _files(self):
+        if not self.root.exists():
+            return []
+        return [Path(d) / f for d, _, files in os.walk(self.root) for f in files]
+
+    def evict(self) -> None:
+        """Delete stale temporary files, then least recently used entries past ``max_bytes``."""
+        now = time.time()
+        entries = []
+        for f in self._files():
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            if f.suffix == ".tmp":
+                if now - st.st_mtime > _STALE_TMP_SECONDS:
+                    f.unlink(missing_ok=True)
+                continue
+            entries.append((st.st_mtime, st.st_size, f))
+        total = sum(e[1] for e in entries)
+        if total <= self.max_bytes:
+            return
+        for _, size, f in sorted(entries, key=lambda e: e[0]):
+            f.unlink(missing_ok=True)
+            total -= size
+            if total <= 0.9 * self.max_bytes:
+                break
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"FeatureMemory({str(self.location)!r}, max_bytes={self.max_bytes})"
+
+
+def resolve_memory(memory) -> FeatureMemory | None:
+    """``None``, a path, a ``joblib.Memory`` or a :class:`FeatureMemory` -> FeatureMemory or None."""
+    if memory is None or isinstance(memory, FeatureMemory):
+        return memory
+    if isinstance(memory, (str, os.PathLike)):
+        return FeatureMemory(memory)
+    location = getattr(memory, "location", None)
+    if hasattr(memory, "cache") and hasattr(memory, "location"):  # joblib.Memory
+        if location is None:
+            return None
+        limit = getattr(memory, "bytes_limit", None)
+        return FeatureMemory(location, limit if isinstance(limit, int) else DEFAULT_MAX_BYTES)
+    raise TypeError(
+        f"memory must be None, a folder path, a joblib.Memory or a FeatureMemory; got "
+        f"{type(memory).__name__}."
+    )
+
+
+def module_fingerprint(module: nn.Module, **extra) -> str:
+    """A key for ``module``'s structure, weights and buffers, plus ``extra`` settings."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"v{FORMAT_VERSION}".encode())
+    h.update(repr(module).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_inference(module, dataset, *, memory: FeatureMemory | None, model_key: str | None, **run_kwargs):
+    """``run_inference`` that serves items from ``memory`` and computes only the misses."""
+    from ._runtime import run_inference
+
+    if memory is None:
+        return run_inference(module, dataset, **run_kwargs)
+    source = dataset.source
+    keys: list[str | None] = []
+    for i in range(len(source)):
+        try:
+            keys.append(source.fingerprint(i).hex())
+        except OSError:
+            keys.append(None)  # unreadable: compute, so on_error decides what happens
+    found = memory.get(model_key, [k or "" for k in keys])
+    missing = [i for i, (k, a) in enumerate(zip(keys, found)) if k is None or a is None]
+    _STATS["hits"] += len(source) - len(missing)
+    _STATS["misses"] += len(missing)
+    computed = None
+    if missing:
+        sub = type(dataset)(source.subset(np.asarray(missing)), dataset.transform)
+        computed = run_inference(module, sub, **run_kwargs)
+        finite = [r for r in range(len(missing)) if keys[missing[r]] and np.isfinite(computed[r]).all()]
+        memory.put(model_key, [keys[missing[r]] for r in finite], [computed[r] for r in finite])
+    shape = (computed[0] if computed is not None else found[0]).shape
+    out = np.empty((len(source), *shape), dtype=np.float32)
+    for i, a in enumerate(found):
+        if a is not None and keys[i] is not None:
+            out[i] = a
+    if computed is not None:
+        out[np.asarray(missing)] = computed
+    return out

@@ -1,0 +1,932 @@
+"""FineTuneClassifier: partial and full fine-tuning as one scikit-learn classifier.
+
+Training runs on skorch (history, callbacks, ``optimizer__``/``iterator_train__``
+prefixed parameters, ``Checkpoint``); freezing, two-phase training, early
+stopping and divergence checks are skorch callbacks configured by plain
+parameters. Input loading, preprocessing, batching and device handling are
+the same as :class:`~sktransfer.PretrainedFeatureExtractor`'s
+(:mod:`sktransfer.io`, :mod:`sktransfer._runtime`).
+
+When the bottom of the network is frozen and augmentation is off, the frozen
+stages are computed once per image and only the trainable top runs in each
+epoch; frozen stages are in eval mode, so this gives the same model as
+running the whole network every epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Callback, EarlyStopping
+from skorch.helper import predefined_split
+from skorch.history import History
+from torch import nn
+
+from . import _runtime
+from ._validation import (
+    HasMethods,
+    Interval,
+    StrOptions,
+    check_fitted,
+    check_input,
+    validate_params,
+)
+from .augment import make_augment
+from .backbones import Backbone, Pooling, build_stage_module, load_backbone
+from .cache import FeatureMemory, cached_inference, module_fingerprint, resolve_memory
+from .exceptions import CheckpointError, DeviceWarning, InputError, TrainingDivergedError
+from .io import TextCollate, as_source, make_dataset, make_transform
+
+__all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
+
+_SKORCH_PREFIXES = (
+    "optimizer__",
+    "iterator_train__",
+    "iterator_valid__",
+    "callbacks__",
+    "criterion__",
+)
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class TransferNet(nn.Module):
+    """Backbone stages + pooling + head, with the bottom ``n_frozen`` stages frozen.
+
+    Frozen stages have ``requires_grad=False``, run under ``no_grad`` and stay
+    in eval mode even when the network is put in train mode, so their
+    BatchNorm running statistics never change. ``input_stage`` says where the
+    inputs enter: 0 for images, ``k`` for activations cached after stage
+    ``k - 1`` (``len(stages)`` for pooled features).
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = Pooling(pooling, backbone.num_prefix_tokens)
+        self.head = head
+        self.input_stage = 0
+        self.freeze(n_frozen)
+
+    def freeze(self, n_frozen: int) -> TransferNet:
+        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
+        self.n_frozen = int(n_frozen)
+        for i, stage in enumerate(self.backbone.stages):
+            stage.requires_grad_(i >= self.n_frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for stage in self.backbone.stages[: self.n_frozen]:
+            stage.eval()
+        return self
+
+    def forward(self, x, start: int | None = None):
+        start = self.input_stage if start is None else start
+        if start < self.n_frozen:
+            with torch.no_grad():
+                x = self.backbone(x, start, self.n_frozen)
+            start = self.n_frozen
+        x = self.backbone(x, start, None)
+        return self.head(self.pool(x))
+
+
+class _FromImages(nn.Module):
+    """Runs a :class:`TransferNet` from raw images (used for prediction)."""
+
+    def __init__(self, net: TransferNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x, start=0)
+
+
+def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> nn.Module:
+    """Build the classification head.
+
+    Parameters
+    ----------
+    head : None, int, sequence of int, str, nn.Module or callable
+        ``None``: a linear layer. Hidden sizes (``512``, ``(1024, 512)`` or
+        ``"1024-512"``): an MLP with ReLU and ``dropout`` after each hidden
+        layer. An ``nn.Module`` is used as given (copied); a callable is called
+        as ``head(in_features, n_classes)``.
+    in_features, n_classes : int
+    dropout : float
+
+    Examples
+    --------
+    >>> build_head("64-32", 128, 3, dropout=0.5)
+    Sequential(
+      (0): Dropout(p=0.5, inplace=False)
+      (1): Linear(in_features=128, out_features=64, bias=True)
+      (2): ReLU()
+      (3): Dropout(p=0.5, inplace=False)
+      (4): Linear(in_features=64, out_features=32, bias=True)
+      (5): ReLU()
+      (6): Dropout(p=0.5, inplace=False)
+      (7): Linear(in_features=32, out_features=3, bias=True)
+    )
+    """
+    if isinstance(head, nn.Module):
+        module = copy.deepcopy(head)
+    elif callable(head) and not isinstance(head, (str, int)):
+        module = head(in_features, n_classes)
+    else:
+        if head is None:
+            hidden: list[int] = []
+        elif isinstance(head, str):
+            try:
+                hidden = [int(h) for h in head.replace(",", "-").split("-") if h.strip()]
+            except ValueError as exc:
+                raise InputError(f"head={head!r}: expected hidden sizes like '1024-512'.") from exc
+        elif isinstance(head, Integral):
+            hidden = [int(head)]
+        else:
+            hidden = [int(h) for h in head]
+        if any(h < 1 for h in hidden):
+            raise InputError(f"head hidden sizes must be >= 1, got {hidden}.")
+        layers: list[nn.Module] = []
+        prev = in_features
+        for h in hidden:
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(prev, n_classes))
+        module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    with torch.no_grad():
+        out = module.eval()(torch.zeros(2, in_features))
+    if out.ndim != 2 or out.shape[1] != n_classes:
+        raise InputError(
+            f"The head must map (n, {in_features}) features to (n, {n_classes}) logits; "
+            f"it gives {tuple(out.shape)}."
+        )
+    return module
+
+
+# --------------------------------------------------------------------------- skorch parts
+
+
+class _LabeledDataset(torch.utils.data.Dataset):
+    """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
+
+    def __init__(self, X, y: np.ndarray):
+        self.X = X
+        self.y = y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.X[i]
+        if isinstance(x, tuple):
+            x = x[0]
+        return x, self.y[i]
+
+
+class SkorchTransferNet(NeuralNetClassifier):
+    """skorch net whose optimizer holds only trainable parameters, in two groups
+    (head at ``lr``, backbone at ``lr * backbone_lr_scale``), with autocast (AMP)."""
+
+    def __init__(self, *args, backbone_lr_scale=0.1, amp_dtype="fp32", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backbone_lr_scale = backbone_lr_scale
+        self.amp_dtype = amp_dtype
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+    def initialize_optimizer(self, *args, **kwargs):
+        named = list(self.get_all_learnable_params())
+        head = [p for n, p in named if not n.startswith("backbone.")]
+        body = [p for n, p in named if n.startswith("backbone.")]
+        groups = [{"params": head, "lr": self.lr}]
+        if body:
+            groups.append({"params": body, "lr": self.lr * self.backbone_lr_scale})
+        kwargs = self.get_params_for("optimizer")
+        kwargs.pop("lr", None)
+        self.optimizer_ = self.optimizer(groups, lr=self.lr, **kwargs)
+        return self
+
+    def infer(self, x, **fit_params):
+        # skorch would unpack a dict batch (tokenized text) into keyword arguments
+        device = torch.device(self.device)
+        x = _runtime.to_device(x, device)
+        with _runtime.autocast(device, _runtime.PRECISION_DTYPES[self.amp_dtype]):
+            out = self.module_(x, **fit_params)
+        return out.float()
+
+
+class _WarmupUnfreeze(Callback):
+    """Train only the head for ``epochs`` epochs, then unfreeze the backbone's
+    top stages and rebuild the optimizer (two-phase training)."""
+
+    def __init__(self, epochs=0, n_frozen=0):
+        self.epochs = epochs
+        self.n_frozen = n_frozen
+
+    def on_train_begin(self, net, **kwargs):
+        if len(net.history) < self.epochs:
+            net.module_.freeze(len(net.module_.backbone.stages))
+            net.initialize_optimizer()
+
+    def on_epoch_begin(self, net, **kwargs):
+        # skorch has already added this epoch's row to the history
+        if len(net.history) == self.epochs + 1 and net.module_.n_frozen != self.n_frozen:
+            net.module_.freeze(self.n_frozen)
+            net.initialize_optimizer()
+
+
+class _EpochCheckpoint(Callback):
+    """Save module, optimizer and history after each epoch, atomically (temp file + rename)."""
+
+    def __init__(self, path=None, classes=None):
+        self.path = path
+        self.classes = classes
+
+    def _save(self, net, finished):
+        history = json.loads(json.dumps(list(net.history), default=float))
+        payload = {
+            "format": _CHECKPOINT_FORMAT,
+            "classes": list(self.classes),
+            "finished": finished,
+            "module": {k: v.detach().cpu() for k, v in net.module_.state_dict().items()},
+            "optimizer": net.optimizer_.state_dict(),
+            "history": history,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)
+
+    def on_epoch_end(self, net, **kwargs):
+        self._save(net, finished=False)
+
+    def on_train_end(self, net, **kwargs):
+        if len(net.history):
+            self._save(net, finished=True)
+
+
+_CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v1"
+
+
+def _resume(net, path, classes, warmup_epochs) -> int | None:
+    """Load the checkpoint at ``path`` into ``net``; return the epochs left (None: no checkpoint)."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location=net.device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
+        raise CheckpointError(
+            f"Could not read the fine-tuning checkpoint {path} ({type(exc).__name__}: {exc}). "
+            "Delete it to start over, or use another checkpoint_dir."
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a sktransfer fine-tuning checkpoint.")
+    if list(ckpt["classes"]) != list(classes.tolist()):
+        raise CheckpointError(
+            f"The checkpoint in {path} is for classes {ckpt['classes'][:10]}, but y has "
+            f"{classes.tolist()[:10]}. Use another checkpoint_dir or delete the file."
+        )
+    try:
+        net.module_.load_state_dict(ckpt["module"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"The checkpoint in {path} is for another architecture or head: {exc}"
+        ) from exc
+    net.history = History(ckpt["history"])
+    done = len(net.history)
+    if done < warmup_epochs:  # resume inside the head-only phase: freeze as it was
+        net.module_.freeze(len(net.module_.backbone.stages))
+        net.initialize_optimizer()
+    try:
+        net.optimizer_.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError):
+        pass  # the phase changed at this epoch: the new optimizer starts fresh
+    return 0 if ckpt.get("finished") else max(0, net.max_epochs - done)
+
+
+class _StopOnNonFinite(Callback):
+    """A NaN or infinite loss stops training with a clear error."""
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            epoch = len(net.history)
+            raise TrainingDivergedError(
+                f"The {'training' if training else 'validation'} loss became {loss.item()} in "
+                f"epoch {epoch}. Lower lr (now {net.lr}), check the inputs for extreme values, "
+                "or use precision='fp32'."
+            )
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+class FineTuneClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained backbone with a new head, as a scikit-learn classifier.
+
+    One parameter, ``unfreeze``, spans the classic recipes: ``0`` trains only
+    the head on frozen features (feature extraction), ``k`` also trains the
+    top ``k`` stages of the backbone (partial fine-tuning, at ``lr *
+    backbone_lr_scale``), ``"all"`` trains everything (full fine-tuning).
+    With ``warmup_epochs`` the head trains alone first (two-phase training).
+    ``unfreeze`` is a plain hyper-parameter, so ``GridSearchCV`` can search it.
+
+    Parameters
+    ----------
+    backbone : str, path, nn.Module or BackboneSpec, default="efficientnet_lite0"
+        As for :class:`~sktransfer.PretrainedFeatureExtractor`.
+    pretrained : bool, default=True
+        ``False`` starts from random weights (training from scratch, for comparison).
+    unfreeze : int or "all", default=0
+        How many of the backbone's top stages train (``backbone_.stage_names``
+        lists them, bottom first): 0 = head only, ``len(stage_names)`` or
+        ``"all"`` = everything.
+    head : None, int, sequence of int, str, nn.Module or callable, default=None
+        Linear head by default; hidden sizes such as ``(1024, 512)`` or
+        ``"1024-512"`` give an MLP; see :func:`build_head`.
+    head_dropout : float, default=0.0
+        Dropout before each layer of the head.
+    pooling : {"avg", "max", "token", "cls"}, default="avg"
+    lr : float, default=1e-3
+        Learning rate of the head.
+    backbone_lr_scale : float, default=0.1
+        Unfrozen backbone stages train at ``lr * backbone_lr_scale``.
+    weight_decay : float, default=1e-4
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+    warmup_epochs : int, default=0
+        Epochs (counted in ``max_epochs``) during which only the head trains.
+    max_epochs : int, default=10
+    batch_size : int, default=32
+    augment : None, "light", "strong" or callable, default=None
+        Training-time augmentation (see :mod:`sktransfer.augment`).
+        Augmentation turns off the frozen-feature reuse.
+    validation_split : float, tuple (X_val, y_val) or None, default=0.2
+        A stratified fraction of the training data held out for validation
+        (early stopping, history), or explicit validation data.
+    early_stopping : int or False, default=5
+        Patience in epochs on the validation loss (the training loss without
+        validation); the best epoch's weights are restored at the end.
+    class_weight : None, "balanced" or dict, default=None
+    callbacks : list of skorch callbacks, optional
+        Extra callbacks, e.g. ``skorch.callbacks.Checkpoint``.
+    random_state : int or None, default=None
+        Seeds weight init, shuffling, augmentation and the validation split:
+        two CPU fits with the same seed give identical predictions.
+    device : str, default="auto"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``"auto"``: autocast (AMP) on CUDA, fp32 on the CPU.
+    num_workers : int or "auto", default="auto"
+    cache_frozen : bool, default=True
+        Compute the frozen stages once per image and train the top from those
+        activations (exact: frozen stages run in eval mode). Off with
+        augmentation, since augmented images differ every epoch.
+    memory : None, str, joblib.Memory or FeatureMemory, default=None
+        ``None`` reuses frozen activations within one ``fit`` only. A folder
+        (or ``joblib.Memory``) keeps them on disk, keyed by the frozen
+        weights, cut point, preprocessing and each image's content, so grid
+        candidates, CV folds, later fits and other processes reuse them, and
+        ``predict`` runs only the trainable top (see :mod:`sktransfer.cache`).
+    checkpoint_dir : str or None, default=None
+        Save the model, optimizer and history after every epoch (atomically,
+        to ``sktransfer-finetune.pt``). A later ``fit`` with the same folder
+        resumes from it, so a killed run loses at most the epoch in progress.
+        A NaN loss stops training and leaves the last good epoch there.
+    verbose : int, default=1
+        1 prints skorch's per-epoch table; 0 is quiet.
+    **kwargs
+        skorch parameters with the prefixes ``optimizer__``, ``iterator_train__``,
+        ``iterator_valid__``, ``callbacks__`` and ``criterion__``.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The labels, in the order of ``predict_proba``'s columns.
+    net_ : skorch.NeuralNetClassifier
+        The trained skorch net; ``net_.module_`` is the :class:`TransferNet`.
+    history_ : skorch.History
+        Per-epoch losses and accuracies.
+    backbone_ : Backbone
+        The backbone inside ``net_.module_``.
+    n_frozen_ : int
+        Number of frozen stages.
+    device_ : torch.device
+    n_features_in_ : int
+
+    See Also
+    --------
+    sktransfer.PretrainedFeatureExtractor
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sktransfer import FineTuneClassifier
+    >>> d = load_digits()
+    >>> clf = FineTuneClassifier(max_epochs=2, validation_split=None, verbose=0,
+    ...                          random_state=0).fit(d.images[:60], d.target[:60])
+    >>> clf.predict(d.images[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        "backbone": "no_validation",
+        "pretrained": ["boolean"],
+        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "head": "no_validation",
+        "head_dropout": [Interval(Real, 0, 1, closed="left")],
+        "pooling": [StrOptions({"avg", "max", "token", "cls"})],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "augment": [None, StrOptions({"light", "strong", "none"}), callable],
+        "validation_split": [None, Interval(Real, 0, 1, closed="neither"), tuple],
+        "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
+        "class_weight": [None, StrOptions({"balanced"}), dict],
+        "callbacks": [None, list],
+        "random_state": ["random_state"],
+        "device": [str, torch.device],
+        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "cache_frozen": ["boolean"],
+        "memory": [None, str, os.PathLike, HasMethods(["cache"]), FeatureMemory],
+        "checkpoint_dir": [None, str, os.PathLike],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        pretrained=True,
+        unfreeze=0,
+        head=None,
+        head_dropout=0.0,
+        pooling="avg",
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=1e-4,
+        optimizer="adamw",
+        warmup_epochs=0,
+        max_epochs=10,
+        batch_size=32,
+        augment=None,
+        validation_split=0.2,
+        early_stopping=5,
+        class_weight=None,
+        callbacks=None,
+        random_state=None,
+        device="auto",
+        precision="auto",
+        num_workers="auto",
+        cache_frozen=True,
+        memory=None,
+        checkpoint_dir=None,
+        verbose=1,
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.unfreeze = unfreeze
+        self.head = head
+        self.head_dropout = head_dropout
+        self.pooling = pooling
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.warmup_epochs = warmup_epochs
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.augment = augment
+        self.validation_split = validation_split
+        self.early_stopping = early_stopping
+        self.class_weight = class_weight
+        self.callbacks = callbacks
+        self.random_state = random_state
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.cache_frozen = cache_frozen
+        self.memory = memory
+        self.checkpoint_dir = checkpoint_dir
+        self.verbose = verbose
+        self._check_skorch_kwargs(kwargs)
+        self._skorch_kwargs = dict(kwargs)
+
+    # ------------------------------------------------------------------ params
+
+    @staticmethod
+    def _check_skorch_kwargs(kwargs):
+        bad = [k for k in kwargs if not k.startswith(_SKORCH_PREFIXES)]
+        if bad:
+            raise TypeError(
+                f"FineTuneClassifier got unexpected arguments {bad}. Extra arguments must be skorch "
+                f"parameters with one of the prefixes {list(_SKORCH_PREFIXES)}."
+            )
+
+    def get_params(self, deep=True):
+        params = super().get_params(deep=deep)
+        params.update(self._skorch_kwargs)
+        return params
+
+    def set_params(self, **params):
+        extra = {k: v for k, v in params.items() if k.startswith(_SKORCH_PREFIXES)}
+        self._check_skorch_kwargs({})
+        self._skorch_kwargs.update(extra)
+        rest = {k: v for k, v in params.items() if k not in extra}
+        return super().set_params(**rest) if rest else self
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X, y):
+        """Train on images ``X`` (anything the extractor accepts) with labels ``y``.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, continue_training=False)
+
+    def partial_fit(self, X, y, classes=None):
+        """Continue training for ``max_epochs`` more epochs (fits first if needed).
+
+        ``classes`` lists every label when the first call does not see them all.
+        """
+        if not hasattr(self, "net_"):
+            return self._fit(X, y, continue_training=False, classes=classes)
+        return self._fit(X, y, continue_training=True)
+
+    def _fit(self, X, y, *, continue_training: bool, classes=None):
+        validate_params(self)
+        X = check_input(self, X, reset=not continue_training)
+        device = self.device_ if continue_training else _runtime.resolve_device(self.device)
+        amp = self._amp_dtype(device)
+        workers = _runtime.resolve_num_workers(self.num_workers)
+        seed = self._seed()
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            # every input error is raised here, before any training starts
+            backbone = self.backbone_ if continue_training else self._load_backbone()
+            source = as_source(X, backbone.modality)
+            y_enc = self._encode_labels(y, len(source), continue_training, classes)
+            val = self._validation_plan(y_enc, backbone.modality)
+            if not continue_training:
+                self.device_ = device
+                self._build(backbone, amp, y_enc)
+            train_ds, valid_ds = self._datasets(source, y_enc, val, seed, workers)
+            net = self.net_
+            if valid_ds is not None:
+                net.set_params(train_split=predefined_split(valid_ds))
+            else:
+                net.set_params(train_split=None)
+            epochs = None  # skorch's default: max_epochs
+            if not continue_training and self.checkpoint_dir is not None:
+                epochs = _resume(net, self._checkpoint_path(), self.classes_, self.warmup_epochs)
+            self.net_.module_.input_stage = self.input_stage_
+            try:
+                # partial_fit: the net was initialized by _build; fit would re-initialize it
+                if epochs is None or epochs > 0:
+                    net.partial_fit(train_ds, None, epochs=epochs)
+            finally:
+                self.net_.module_.input_stage = 0
+        return self
+
+    def _checkpoint_path(self):
+        from pathlib import Path
+
+        return Path(self.checkpoint_dir) / "sktransfer-finetune.pt"
+
+    def _encode_labels(self, y, n_items, continue_training, classes):
+        if y is None:
+            raise InputError("FineTuneClassifier needs labels y; got None.")
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        if y.ndim != 1:
+            raise InputError(f"y must be 1-D (one label per image); got shape {y.shape}.")
+        if len(y) != n_items:
+            raise InputError(f"X has {n_items} items but y has {len(y)} labels; they must match.")
+        check_classification_targets(y)
+        if continue_training:
+            unseen = np.setdiff1d(y, self.classes_)
+            if len(unseen):
+                raise InputError(
+                    f"y contains labels {unseen[:5].tolist()} not seen in the first fit "
+                    f"(classes_={self.classes_.tolist()}); pass classes= to the first partial_fit."
+                )
+            return np.searchsorted(self.classes_, y)
+        all_classes = np.unique(y if classes is None else np.concatenate([np.asarray(classes), y]))
+        if len(all_classes) < 2:
+            raise InputError(
+                f"y has a single class ({all_classes[0]!r}); a classifier needs at least 2 classes."
+            )
+        self.classes_ = all_classes
+        return np.searchsorted(self.classes_, y)
+
+    def _validation_plan(self, y_enc, modality):
+        """None, ("split", fraction) or ("given", X_val, y_val_enc); errors before training."""
+        vs = self.validation_split
+        if vs is None:
+            return None
+        if isinstance(vs, tuple):
+            if len(vs) != 2:
+                raise InputError("validation_split as a tuple must be (X_val, y_val).")
+            X_val, y_val = vs
+            src = as_source(X_val, modality)
+            y_val = np.asarray(y_val)
+            if len(y_val) != len(src):
+                raise InputError(
+                    f"validation X_val has {len(src)} items but y_val has {len(y_val)} labels."
+                )
+            unknown = np.setdiff1d(y_val, self.classes_)
+            if len(unknown):
+                raise InputError(f"y_val has labels not in y: {unknown[:5].tolist()}.")
+            return ("given", src, np.searchsorted(self.classes_, y_val))
+        n = len(y_enc)
+        n_classes = len(self.classes_)
+        n_val = math.ceil(vs * n)
+        counts = np.bincount(y_enc, minlength=n_classes)
+        if n_val < n_classes or n - n_val < n_classes or counts.min() < 2:
+            raise InputError(
+                f"validation_split={vs} is too small to stratify: {n} samples, {n_classes} "
+                f"classes, smallest class has {counts.min()} sample(s), {n_val} validation "
+                "samples. Each class needs 2+ samples and the split needs 1+ per class; use a "
+                "larger fraction, more data, or validation_split=None."
+            )
+        return ("split", vs)
+
+    def _amp_dtype(self, device):
+        dtype = _runtime.resolve_precision(self.precision, device)
+        if dtype is torch.float16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16  # bf16 trains without a gradient scaler
+        return _runtime.precision_name(dtype)
+
+    def _seed(self) -> int:
+        if self.random_state is None:
+            return int(np.random.randint(0, 2**31 - 1))
+        if isinstance(self.random_state, np.random.RandomState):
+            return int(self.random_state.randint(0, 2**31 - 1))
+        return int(self.random_state)
+
+    def _load_backbone(self) -> Backbone:
+        return load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
+
+    def _resolve_unfreeze(self, backbone: Backbone) -> int:
+        n = len(backbone.stage_names)
+        if self.unfreeze == "all":
+            return 0
+        if 0 <= self.unfreeze <= n:
+            return n - int(self.unfreeze)
+        raise InputError(
+            f"unfreeze={self.unfreeze!r} is out of range for backbone {backbone.name!r}, which has "
+            f"{n} stages {backbone.stage_names}: use an int from 0 (head only) to {n}, or 'all'."
+        )
+
+    def _build(self, backbone, amp, y_enc):
+        n_frozen = self._resolve_unfreeze(backbone)
+        if self.warmup_epochs >= self.max_epochs and n_frozen < len(backbone.stages):
+            raise InputError(
+                f"warmup_epochs={self.warmup_epochs} must be smaller than max_epochs="
+                f"{self.max_epochs}: warm-up epochs count in max_epochs."
+            )
+        with torch.no_grad():
+            probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
+                backbone.eval()(backbone.example_input())
+            )
+        head = build_head(self.head, int(probe.shape[1]), len(self.classes_), self.head_dropout)
+        module = TransferNet(backbone, head, self.pooling, n_frozen)
+        module = _runtime.prepare_module(module, self.device_)
+        self.n_frozen_ = n_frozen
+        text = backbone.modality == "text"
+        if text and self.augment not in (None, "none"):
+            raise InputError("augment applies to images; use augment=None with a text backbone.")
+        self.transform_ = make_transform(backbone)
+        self.augment_ = None if text else make_augment(self.augment, backbone.data_config)
+        # Reuse frozen activations when every epoch would recompute the same values
+        # (for texts, whose token states vary in length, only pooled features).
+        cacheable = self.cache_frozen and self.augment_ is None and n_frozen > 0
+        cacheable = cacheable and (not text or n_frozen == len(backbone.stages))
+        self.input_stage_ = n_frozen if cacheable else 0
+        self.prefix_key_ = None  # cache key of the frozen prefix, computed on first use
+        self.net_ = self._make_net(module, amp, y_enc)
+        self.net_.initialize()
+
+    def _make_net(self, module, amp, y_enc):
+        callbacks = [("stop_on_non_finite", _StopOnNonFinite())]
+        n_stages = len(module.backbone.stages)
+        if self.warmup_epochs and module.n_frozen < n_stages:
+            callbacks.append(("warmup_unfreeze", _WarmupUnfreeze(self.warmup_epochs, module.n_frozen)))
+        if self.early_stopping:
+            patience = 5 if self.early_stopping is True else int(self.early_stopping)
+            monitor = "valid_loss" if self.validation_split is not None else "train_loss"
+            callbacks.append(
+                ("early_stopping", EarlyStopping(monitor=monitor, patience=patience, load_best=True))
+            )
+        if self.checkpoint_dir is not None:
+            # after early stopping, so that the final save holds the restored best weights
+            callbacks.append(("epoch_checkpoint", _EpochCheckpoint(self._checkpoint_path(), self.classes_.tolist())))
+        callbacks += list(self.callbacks or [])
+        optimizer = self.optimizer
+        if isinstance(optimizer, str):
+            optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+        criterion_kwargs = {}
+        if self.class_weight == "balanced":
+            codes = np.arange(len(self.classes_))
+            weights = compute_class_weight("balanced", classes=codes, y=y_enc)
+        elif self.class_weight is not None:
+            weights = np.asarray([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
+        if self.class_weight is not None:
+            criterion_kwargs["criterion__weight"] = torch.as_tensor(weights, dtype=torch.float32)
+        workers = _runtime.resolve_num_workers(self.num_workers)
+        loader = _runtime.loader_kwargs(self.device_, workers)
+        if module.backbone.modality == "text" and self.input_stage_ == 0:
+            loader["collate_fn"] = TextCollate(self.transform_)
+        kwargs = {
+            "optimizer__weight_decay": self.weight_decay,
+            **{f"iterator_train__{k}": v for k, v in loader.items()},
+            **{f"iterator_valid__{k}": v for k, v in loader.items()},
+            **criterion_kwargs,
+            **self._skorch_kwargs,
+        }
+        return SkorchTransferNet(
+            module,
+            criterion=nn.CrossEntropyLoss,
+            optimizer=optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            iterator_train__shuffle=True,
+            callbacks=callbacks,
+            classes=list(range(len(self.classes_))),
+            device=str(self.device_),
+            verbose=self.verbose,
+            backbone_lr_scale=self.backbone_lr_scale,
+            amp_dtype=amp,
+            **kwargs,
+        )
+
+    def _datasets(self, source, y_enc, val, seed, workers):
+        """Training and validation datasets: cached frozen activations or live images."""
+        idx = np.arange(len(y_enc))
+        if val is not None and val[0] == "split":
+            idx, val_idx = train_test_split(
+                idx, test_size=val[1], stratify=y_enc, random_state=seed % (2**31 - 1)
+            )
+        if self.input_stage_ > 0:
+            X_all = self._frozen_activations(source, workers)
+            train = _LabeledDataset(X_all[idx], y_enc[idx])
+            if val is None:
+                return train, None
+            if val[0] == "split":
+                return train, _LabeledDataset(X_all[val_idx], y_enc[val_idx])
+            return train, _LabeledDataset(self._frozen_activations(val[1], workers), val[2])
+        train_tf = self.transform_ if self.augment_ is None else make_transform(self.backbone_, self.augment_)
+        train = _LabeledDataset(make_dataset(source.subset(idx), train_tf), y_enc[idx])
+        if val is None:
+            return train, None
+        if val[0] == "split":
+            valid_src, y_val = source.subset(val_idx), y_enc[val_idx]
+        else:
+            valid_src, y_val = val[1], val[2]
+        return train, _LabeledDataset(make_dataset(valid_src, self.transform_), y_val)
+
+    def _frozen_prefix(self) -> nn.Module:
+        module = self.net_.module_
+        prefix: nn.Module = build_stage_module(module.backbone, self.input_stage_)
+        if self.input_stage_ == len(module.backbone.stages):
+            prefix = nn.Sequential(prefix, module.pool)
+        return prefix
+
+    def _frozen_activations(self, source, workers) -> torch.Tensor:
+        """Outputs of the frozen stages (pooled when only the head trains), one per item,
+        from ``memory`` when they are there."""
+        module = self.net_.module_
+        prefix = self._frozen_prefix()
+        memory = resolve_memory(self.memory)
+        if memory is not None and getattr(self, "prefix_key_", None) is None:
+            self.prefix_key_ = module_fingerprint(
+                prefix,
+                data_config=self.transform_.data_config.to_dict(),
+                precision=self.net_.amp_dtype,
+                device=self.device_.type,
+            )
+        feats = cached_inference(
+            prefix,
+            make_dataset(source, self.transform_),
+            memory=memory,
+            model_key=getattr(self, "prefix_key_", None),
+            batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
+            device=self.device_,
+            dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+            num_workers=workers,
+            verbose=self.verbose,
+            desc="frozen features",
+        )
+        module.train(module.training)
+        return torch.from_numpy(feats)
+
+    # ------------------------------------------------------------------ predict
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``."""
+        return _softmax(self.decision_function(X))
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits of the head, shape (n_samples, n_classes)."""
+        check_fitted(self, "net_")
+        X = check_input(self, X, reset=False)
+        source = as_source(X, self.backbone_.modality)
+        if self.memory is not None and self.input_stage_ > 0:
+            # frozen part from the cache, trainable top on it: same result, far less compute
+            acts = self._frozen_activations(source, _runtime.resolve_num_workers(self.num_workers))
+            module = self.net_.module_
+            module.input_stage = self.input_stage_
+            try:
+                return _runtime.run_inference(
+                    module,
+                    _runtime.TensorItems(acts),
+                    batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
+                    device=self.device_,
+                    dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+                    num_workers=0,
+                    desc="predict",
+                )
+            finally:
+                module.input_stage = 0
+        return _runtime.run_inference(
+            _FromImages(self.net_.module_),
+            make_dataset(source, self.transform_),
+            batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
+            device=self.device_,
+            dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+            num_workers=_runtime.resolve_num_workers(self.num_workers),
+            verbose=0,
+            desc="predict",
+        )
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (elements of ``classes_``)."""
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    # ------------------------------------------------------------------ fitted views
+
+    @property
+    def history_(self):
+        check_fitted(self, "net_")
+        return self.net_.history
+
+    @property
+    def backbone_(self) -> Backbone:
+        check_fitted(self, "net_")
+        return self.net_.module_.backbone
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        device = state.get("device_")
+        if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+            warnings.warn(
+                "This classifier was fitted on CUDA, which is not available here; it now runs on "
+                "the CPU.",
+                DeviceWarning,
+                stacklevel=2,
+            )
+            self.device_ = torch.device("cpu")
+            self.net_.set_params(device="cpu")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,203 @@
+"""Resumable extraction of large collections into feature shards on disk.
+
+:func:`extract_to_shards` splits the items into fixed-size chunks and writes
+one ``.npy`` shard per chunk next to a manifest. A shard is written to a
+temporary file and renamed into place, so after a crash, a kill or Ctrl-C the
+finished shards are complete and are skipped on the next run, and a
+half-written one is never read as complete. Memory stays flat: one chunk of
+images is in flight at a time (and the extractor itself streams by batch).
+
+Layout of ``out``::
+
+    manifest.json        # format, item count, shard size, feature count, extractor
+    items.jsonl          # one JSON string per item (path or text), in order
+    shard-000000.npy     # float32 (rows of chunk 0, n_features)
+    ...
+
+Examples
+--------
+>>> import tempfile, numpy as np
+>>> from sklearn.datasets import load_digits
+>>> from sktransfer import PretrainedFeatureExtractor
+>>> X = list(load_digits().images[:6])
+>>> out = extract_to_shards(X, tempfile.mkdtemp(), PretrainedFeatureExtractor(batch_size=3),
+...                         shard_size=4)
+>>> load_shards(out).shape
+(6, 1280)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import clone
+
+from .exceptions import InputError
+
+__all__ = ["extract_to_shards", "load_shards", "shard_status"]
+
+_FORMAT = "sktransfer-shards-v1"
+
+
+def _item_repr(item) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return f"<{type(item).__name__} item>"
+
+
+def _items_digest(lines: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for line in lines:
+        h.update(line.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def extract_to_shards(
+    X,
+    out,
+    extractor=None,
+    *,
+    shard_size: int = 1024,
+    resume: bool = True,
+    verbose: int = 0,
+) -> Path:
+    """Extract features of ``X`` into shards under ``out``, resuming finished work.
+
+    Parameters
+    ----------
+    X : folder path, or sequence of paths, texts or in-memory images
+        A folder is listed with :func:`sktransfer.datasets.load_image_folder`.
+    out : str or Path
+        Output folder (created).
+    extractor : PretrainedFeatureExtractor, optional
+        Its parameters are used (it is cloned and fitted once). Default: the
+        default extractor.
+    shard_size : int, default=1024
+        Items per shard.
+    resume : bool, default=True
+        Skip shards that are already complete. With ``False`` an existing
+        output folder for other items is an error instead of being reused.
+    verbose : int, default=0
+        1 prints one line per shard.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from .extraction import PretrainedFeatureExtractor
+
+    if isinstance(X, (str, os.PathLike)) and os.path.isdir(X):
+        from .datasets import load_image_folder
+
+        X = list(load_image_folder(X).data)
+    items = list(X)
+    if not items:
+        raise InputError("Nothing to extract: X is empty.")
+    if shard_size < 1:
+        raise InputError(f"shard_size must be >= 1, got {shard_size}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(_item_repr(it)) for it in items]
+    extractor = clone(extractor if extractor is not None else PretrainedFeatureExtractor())
+    params = {k: repr(v) for k, v in sorted(extractor.get_params(deep=False).items())}
+    manifest = {
+        "format": _FORMAT,
+        "n_items": len(items),
+        "shard_size": shard_size,
+        "n_shards": -(-len(items) // shard_size),
+        "items_digest": _items_digest(lines),
+        "extractor": params,
+    }
+    _check_or_write_manifest(out, manifest, lines, resume)
+    for f in out.glob(".*.tmp"):  # left by a killed run: never complete, never read
+        f.unlink(missing_ok=True)
+    todo = [k for k in range(manifest["n_shards"]) if not _shard_path(out, k).exists()]
+    if todo:
+        extractor.fit(items[:1])
+    for k in todo:
+        chunk = items[k * shard_size : (k + 1) * shard_size]
+        feats = extractor.transform(chunk)
+        _atomic_save_npy(_shard_path(out, k), feats)
+        if verbose:
+            print(f"shard {k + 1}/{manifest['n_shards']}: {len(chunk)} items -> {_shard_path(out, k).name}")
+    if "n_features" not in manifest:
+        n_features = int(np.load(_shard_path(out, 0), mmap_mode="r").shape[1])
+        manifest["n_features"] = n_features
+        _atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    return out
+
+
+def _shard_path(out: Path, k: int) -> Path:
+    return out / f"shard-{k:06d}.npy"
+
+
+def _check_or_write_manifest(out: Path, manifest: dict, lines: list[str], resume: bool) -> None:
+    path = out / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        same = all(old.get(k) == manifest[k] for k in ("format", "n_items", "shard_size", "items_digest", "extractor"))
+        if same and resume:
+            manifest.update({k: v for k, v in old.items() if k == "n_features"})
+            return
+        if same and not resume:
+            for k in range(manifest["n_shards"]):
+                _shard_path(out, k).unlink(missing_ok=True)
+        else:
+            raise InputError(
+                f"{out} already holds shards for other items or extractor settings "
+                f"({old.get('n_items')} items, shard_size={old.get('shard_size')}). Use another "
+                "output folder, or delete this one."
+            )
+    _atomic_write_bytes(out / "items.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
+    _atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
+
+
+def shard_status(out) -> dict:
+    """How many shards of ``out`` are complete: ``{"done": d, "total": t, "complete": bool}``."""
+    out = Path(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = sum(_shard_path(out, k).exists() for k in range(manifest["n_shards"]))
+    return {"done": done, "total": manifest["n_shards"], "complete": done == manifest["n_shards"]}
+
+
+def load_shards(out, *, mmap: bool = False, return_items: bool = False):
+    """Concatenate the shards of a complete extraction (features in item order).
+
+    Raises
+    ------
+    InputError
+        If some shards are missing (run :func:`extract_to_shards` again to finish).
+    """
+    out = Path(out)
+    status = shard_status(out)
+    if not status["complete"]:
+        raise InputError(
+            f"{out} is incomplete: {status['done']} of {status['total']} shards. Run the same "
+            "extraction again to resume it."
+        )
+    parts = [np.load(_shard_path(out, k), mmap_mode="r" if mmap else None) for k in range(status["total"])]
+    feats = np.concatenate(parts) if not mmap else np.concatenate([np.asarray(p) for p in parts])
+    if return_items:
+        with open(out / "items.jsonl", encoding="utf-8") as f:
+            items = [json.loads(line) for line in f if line.strip()]
+        return feats, items
+    return feats

@@ -1,0 +1,395 @@
+"""FineTuneClassifier: freeze semantics, sklearn contract, determinism, bad input.
+
+Most tests run the real bundled Lite0 weights at a reduced input size (64 px)
+to keep CI fast; the acceptance run on hymenoptera at full size is marked slow.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from torch import nn
+
+from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier, load_backbone
+from sktransfer.exceptions import InputError, TrainingDivergedError
+
+SMALL = BackboneSpec(
+    arch="efficientnet_lite0",
+    data_config=DataConfig(input_size=64, resize_size=None, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3),
+)
+
+
+def _images(n=24, seed=0):
+    """Two visually different classes: bright vertical vs dark horizontal stripes, with noise."""
+    rng = np.random.default_rng(seed)
+    X = np.empty((n, 48, 48, 3), dtype=np.uint8)
+    y = np.array(["stripes_v", "stripes_h"] * (n // 2))
+    grid = np.indices((48, 48))
+    for i in range(n):
+        axis = 1 if y[i] == "stripes_v" else 0
+        base = ((grid[axis] // 6) % 2) * (200 if axis else 120)
+        X[i] = np.clip(base[..., None] + rng.normal(0, 20, (48, 48, 3)), 0, 255)
+    return X, y
+
+
+def _clf(**kw):
+    params = dict(backbone=SMALL, max_epochs=2, batch_size=8, verbose=0, random_state=0, validation_split=None)
+    params.update(kw)
+    return FineTuneClassifier(**params)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _images()
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1, 2, "all"])
+def test_freeze_semantics(data, unfreeze):
+    X, y = data
+    clf = _clf(unfreeze=unfreeze, warmup_epochs=0).fit(X, y)
+    net = clf.net_.module_
+    stages = net.backbone.stages
+    n = len(stages)
+    n_train = n if unfreeze == "all" else unfreeze
+    assert clf.n_frozen_ == n - n_train
+    fresh = load_backbone(SMALL)
+    for i, stage in enumerate(stages):
+        trainable = i >= n - n_train
+        assert all(p.requires_grad == trainable for p in stage.parameters()), (i, unfreeze)
+        if not trainable:
+            # frozen stages: weights and BatchNorm running statistics unchanged by training
+            ref = fresh.stages[i].state_dict()
+            for k, v in stage.state_dict().items():
+                assert torch.equal(v.cpu(), ref[k]), (i, k)
+    # the optimizer holds exactly the trainable parameters
+    opt_params = {id(p) for g in clf.net_.optimizer_.param_groups for p in g["params"]}
+    trainable_params = {id(p) for p in net.parameters() if p.requires_grad}
+    assert opt_params == trainable_params
+    # frozen BatchNorm layers stay in eval mode even when the net is in train mode
+    net.train()
+    for i, stage in enumerate(stages):
+        bns = [m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert all(bn.training == (i >= n - n_train) for bn in bns)
+    net.eval()
+
+
+def test_unfrozen_stages_train_at_lower_lr(data):
+    X, y = data
+    clf = _clf(unfreeze=1, lr=1e-3, backbone_lr_scale=0.1).fit(X, y)
+    lrs = sorted(g["lr"] for g in clf.net_.optimizer_.param_groups)
+    assert lrs == pytest.approx([1e-4, 1e-3])
+    fresh = load_backbone(SMALL)
+    top = clf.net_.module_.backbone.stages[-1]
+    changed = any(
+        not torch.equal(v.cpu(), fresh.stages[-1].state_dict()[k])
+        for k, v in top.state_dict().items()
+        if v.dtype.is_floating_point
+    )
+    assert changed, "the unfrozen top stage did not train"
+
+
+def test_two_phase_training_unfreezes_after_warmup(data):
+    X, y = data
+    clf = _clf(unfreeze=2, warmup_epochs=1, max_epochs=3).fit(X, y)
+    assert len(clf.history_) == 3
+    assert clf.net_.module_.n_frozen == clf.n_frozen_ == len(clf.backbone_.stage_names) - 2
+    assert len(clf.net_.optimizer_.param_groups) == 2
+
+
+def test_cached_and_uncached_paths_agree(data):
+    X, y = data
+    a = _clf(unfreeze=1, max_epochs=3).fit(X, y)
+    b = _clf(unfreeze=1, max_epochs=3, cache_frozen=False).fit(X, y)
+    assert a.input_stage_ > 0 and b.input_stage_ == 0
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=1e-4)
+    np.testing.assert_allclose(a.history_[:, "train_loss"], b.history_[:, "train_loss"], rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- sklearn contract
+
+
+def test_string_labels_predict_and_score(data):
+    X, y = data
+    clf = _clf(max_epochs=15, lr=1e-2).fit(X, y)
+    assert clf.classes_.tolist() == ["stripes_h", "stripes_v"]
+    pred = clf.predict(X)
+    assert set(pred) <= set(clf.classes_)
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    assert clf.score(X, y) >= 0.9
+
+
+def test_determinism_with_random_state(data):
+    X, y = data
+    p1 = _clf(unfreeze=1, random_state=3).fit(X, y).predict_proba(X)
+    p2 = _clf(unfreeze=1, random_state=3).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)
+    p3 = _clf(unfreeze=1, random_state=4).fit(X, y).predict_proba(X)
+    assert not np.array_equal(p1, p3)
+
+
+def test_pickle_and_joblib_round_trip(data, tmp_path):
+    X, y = data
+    clf = _clf(unfreeze=1).fit(X, y)
+    expected = clf.predict_proba(X)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), expected)
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "clf.joblib").predict_proba(X), expected)
+
+
+def test_clone_and_skorch_prefixed_params():
+    clf = FineTuneClassifier(optimizer="sgd", optimizer__momentum=0.9, unfreeze=2)
+    params = clf.get_params()
+    assert params["optimizer__momentum"] == 0.9 and params["unfreeze"] == 2
+    c = clone(clf)
+    assert c.get_params()["optimizer__momentum"] == 0.9
+    c.set_params(iterator_train__drop_last=True, unfreeze="all")
+    assert c.get_params()["iterator_train__drop_last"] is True and c.unfreeze == "all"
+    assert not any(k.endswith("_") and not k.startswith("_") for k in vars(c))
+    with pytest.raises(TypeError, match="prefixes"):
+        FineTuneClassifier(momentum=0.9)
+
+
+def test_skorch_params_reach_the_optimizer(data):
+    X, y = data
+    clf = _clf(optimizer="sgd", optimizer__momentum=0.5).fit(X, y)
+    assert isinstance(clf.net_.optimizer_, torch.optim.SGD)
+    assert clf.net_.optimizer_.param_groups[0]["momentum"] == 0.5
+
+
+def test_grid_search_over_freeze_depth(data):
+    X, y = data
+    search = GridSearchCV(_clf(max_epochs=2), {"unfreeze": [0, 1], "lr": [1e-3, 1e-2]}, cv=2, n_jobs=1)
+    search.fit(X, y)
+    assert search.best_params_["unfreeze"] in (0, 1)
+    assert len(search.cv_results_["mean_test_score"]) == 4
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_grid_search_two_processes(data):
+    X, y = data
+    search = GridSearchCV(_clf(max_epochs=1), {"unfreeze": [0, 1]}, cv=2, n_jobs=2)
+    search.fit(X, y)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_cross_val_score(data):
+    X, y = data
+    scores = cross_val_score(_clf(max_epochs=10, lr=1e-2), X, y, cv=2)
+    assert scores.shape == (2,) and scores.mean() >= 0.75
+
+
+def test_partial_fit_continues_training(data):
+    X, y = data
+    clf = _clf(max_epochs=2)
+    clf.partial_fit(X, y)
+    assert len(clf.history_) == 2
+    clf.partial_fit(X, y)
+    assert len(clf.history_) == 4
+
+
+def test_validation_split_and_early_stopping(data):
+    X, y = data
+    clf = _clf(max_epochs=30, validation_split=0.25, early_stopping=2, lr=0.05).fit(X, y)
+    h = clf.history_
+    assert "valid_loss" in h[-1] and "valid_acc" in h[-1]
+    assert len(h) < 30, "early stopping should stop a 30-epoch run on an easy task"
+
+
+def test_explicit_validation_data(data):
+    X, y = data
+    clf = _clf(validation_split=(X[:6], y[:6])).fit(X[6:], y[6:])
+    assert "valid_loss" in clf.history_[-1]
+
+
+def test_mlp_head_and_module_head(data):
+    X, y = data
+    clf = _clf(head=(32, 16), head_dropout=0.5).fit(X, y)
+    linears = [m for m in clf.net_.module_.head.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [32, 16, 2]
+    clf2 = _clf(head=nn.Sequential(nn.Linear(1280, 2))).fit(X, y)
+    assert clf2.predict(X).shape == (len(X),)
+
+
+def test_class_weight(data):
+    X, y = data
+    clf = _clf(class_weight="balanced").fit(X[:18], y[:18])
+    w = clf.net_.criterion_.weight
+    assert w is not None and w.shape == (2,)
+
+
+def test_user_module_from_scratch_on_digits():
+    digits = load_digits()
+    X, y = digits.images, digits.target
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(X))
+    train, test = idx[:1200], idx[1200:]
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+    )  # fmt: skip
+    spec = BackboneSpec(
+        module=net,
+        data_config=DataConfig(input_size=8, resize_size=None, mean=(0.5,), std=(0.5,), in_chans=1),
+    )
+    clf = FineTuneClassifier(
+        spec, pretrained=False, unfreeze="all", lr=3e-3, max_epochs=15, batch_size=64,
+        validation_split=None, random_state=0, verbose=0,
+    ).fit(X[train], y[train])  # fmt: skip
+    acc = clf.score(X[test], y[test])
+    print(f"user CNN from scratch on digits: test accuracy {acc:.3f}")
+    assert acc >= 0.9
+    # the user's own module object was not modified (the estimator works on a copy)
+    assert all(p.device.type == "cpu" for p in net.parameters())
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _fails_before_training(clf, X, y, match):
+    with pytest.raises(InputError, match=match):
+        clf.fit(X, y)
+    assert not hasattr(clf, "net_")
+
+
+def test_single_class_is_rejected(data):
+    X, _ = data
+    _fails_before_training(_clf(), X, ["a"] * len(X), "single class")
+
+
+def test_length_mismatch_is_rejected(data):
+    X, y = data
+    _fails_before_training(_clf(), X, y[:-1], "items but y has")
+
+
+def test_unknown_freeze_depth_lists_valid_range(data):
+    X, y = data
+    n = len(load_backbone(SMALL, pretrained=False).stage_names)
+    _fails_before_training(_clf(unfreeze=n + 5), X, y, f"from 0 .head only. to {n}")
+
+
+def test_validation_split_too_small(data):
+    X, y = data
+    _fails_before_training(_clf(validation_split=0.05), X[:8], y[:8], "too small to stratify")
+
+
+class _NaNHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1280, 2)
+
+    def forward(self, x):
+        return self.fc(x) * float("nan")
+
+
+def test_non_finite_loss_stops_with_clear_error(data):
+    X, y = data
+    with pytest.raises(TrainingDivergedError, match="loss became nan"):
+        _clf(head=_NaNHead(), max_epochs=2).fit(X, y)
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+@pytest.mark.slow
+def test_hymenoptera_acceptance(shared_data):
+    """Best of the strategies reaches >= 0.95 val accuracy (published ResNet-18 best: 0.961)."""
+    from sktransfer import load_image_folder
+
+    tr = load_image_folder(shared_data / "hymenoptera" / "train")
+    va = load_image_folder(shared_data / "hymenoptera" / "val")
+    t = time.time()
+    clf = FineTuneClassifier(max_epochs=15, random_state=0, verbose=0).fit(tr.data, tr.target)
+    acc = clf.score(va.data, va.target)
+    print(f"hymenoptera head-only fine-tune: val accuracy {acc:.3f} in {time.time() - t:.0f}s")
+    assert acc >= 0.95
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+_KILLED_RUN = """
+import os, sys, numpy as np
+from skorch.callbacks import Callback
+sys.path.insert(0, {tests!r})
+from test_finetune import _clf, _images
+
+class KillDuringEpoch(Callback):
+    def __init__(self, epoch=3):
+        self.epoch = epoch
+    def on_batch_end(self, net, **kw):
+        if len(net.history) == self.epoch:
+            os._exit(17)  # a hard kill in the middle of this epoch
+
+X, y = _images()
+_clf(max_epochs=5, unfreeze=1, checkpoint_dir={ckpt!r}, callbacks=[KillDuringEpoch(3)]).fit(X, y)
+"""
+
+
+def test_killed_fine_tune_resumes_from_last_checkpoint(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ckpt = tmp_path / "ckpt"
+    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), ckpt=str(ckpt))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    saved = torch.load(ckpt / "sktransfer-finetune.pt", weights_only=True)
+    assert len(saved["history"]) == 2 and not saved["finished"]  # epochs 1-2 done, 3 lost
+    X, y = data
+    clf = _clf(max_epochs=5, unfreeze=1, checkpoint_dir=str(ckpt)).fit(X, y)
+    h = clf.history_
+    assert len(h) == 5
+    assert h[:2, "train_loss"] == [e["train_loss"] for e in saved["history"]]
+    # a finished run resumes as done: no more training
+    again = _clf(max_epochs=5, unfreeze=1, checkpoint_dir=str(ckpt)).fit(X, y)
+    assert len(again.history_) == 5
+    np.testing.assert_allclose(again.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+
+
+def test_checkpoint_for_other_classes_is_refused(data, tmp_path):
+    from sktransfer.exceptions import CheckpointError
+
+    X, y = data
+    _clf(max_epochs=1, checkpoint_dir=str(tmp_path)).fit(X, y)
+    with pytest.raises(CheckpointError, match="classes"):
+        _clf(max_epochs=1, checkpoint_dir=str(tmp_path)).fit(X, np.where(y == y[0], "p", "q"))
+
+
+class _NaNFromSecondEpoch(nn.Module):
+    """A head whose output turns NaN after 3 training batches (= epoch 2 with 24 images)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1280, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += int(self.training)
+        out = self.fc(x)
+        return out * float("nan") if self.calls > 3 else out
+
+
+def test_nan_loss_keeps_last_good_checkpoint(data, tmp_path):
+    X, y = data
+    with pytest.raises(TrainingDivergedError, match="epoch 2"):
+        _clf(head=_NaNFromSecondEpoch(), max_epochs=3, checkpoint_dir=str(tmp_path)).fit(X, y)
+    saved = torch.load(tmp_path / "sktransfer-finetune.pt", weights_only=True)
+    assert len(saved["history"]) == 1 and not saved["finished"]
+    assert all(torch.isfinite(v).all() for v in saved["module"].values() if v.is_floating_point())

