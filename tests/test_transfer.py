@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
+import torch
 from torch import nn
 
 from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier, PretrainedFeatureExtractor
@@ -18,7 +19,8 @@ from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier, PretrainedF
 CONFIG = DataConfig(input_size=8, resize_size=None, mean=(0.5,), std=(0.5,), in_chans=1)
 
 
-def _cnn():
+def _cnn(seed=0):
+    torch.manual_seed(seed)  # the random-init baseline is reproducible too
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
