@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.sktransfer-installed
 
-.PHONY: venv demo test test-all bench lint clean
+.PHONY: venv demo test test-all bench lint docs clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sktransfer tests benchmarks
+
+# The documentation site (mkdocs.yml, docs/), strict: any warning is an error. Output in site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

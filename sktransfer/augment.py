@@ -26,7 +26,30 @@ PRESETS = ("light", "strong")
 
 
 def make_augment(augment, data_config):
-    """Resolve ``augment`` (None, a preset name or a callable) into a transform or None."""
+    """Resolve ``augment`` (None, a preset name or a callable) into a transform or None.
+
+    Parameters
+    ----------
+    augment : None, "none", "light", "strong" or callable
+        A preset (see the module docstring) or a transform used as given.
+    data_config : DataConfig
+        The backbone's preprocessing; presets crop to its ``input_size``.
+
+    Returns
+    -------
+    callable or None
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> from sktransfer.augment import make_augment
+    >>> from sktransfer.backbones import DataConfig
+    >>> make_augment(None, DataConfig()) is None
+    True
+    >>> light = make_augment("light", DataConfig(input_size=24))
+    >>> light(Image.new("RGB", (60, 40))).size
+    (24, 24)
+    """
     if augment is None or augment is False or augment == "none":
         return None
     if callable(augment):

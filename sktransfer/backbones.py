@@ -176,6 +176,20 @@ class Backbone(nn.Module):
     name : str
     modality : str
         ``"image"`` (text backbones use ``"text"``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig
+    >>> bb = Backbone(
+    ...     [("conv", nn.Conv2d(3, 4, 3)), ("act", nn.ReLU())], DataConfig(input_size=8), name="tiny"
+    ... )
+    >>> bb.stage_names, bb.stage_index("conv")
+    (['conv', 'act'], 1)
+    >>> x = torch.zeros(1, 3, 8, 8)
+    >>> bb(x).shape, bb(x, stop=1).shape
+    (torch.Size([1, 4, 6, 6]), torch.Size([1, 4, 6, 6]))
     """
 
     def __init__(
@@ -365,7 +379,23 @@ def list_backbones(include: str | Sequence[str] | None = None, *, available_only
 
 
 def describe_backbones() -> list[dict]:
-    """One dict per registered backbone: name, description, weights package, availability."""
+    """One dict per registered backbone: name, description, weights package, availability.
+
+    ``sktransfer info`` prints this list.
+
+    Returns
+    -------
+    list of dict
+        Keys ``name``, ``description``, ``requires`` (the package that carries the
+        weights) and ``available`` (whether it is installed), sorted by name.
+
+    Examples
+    --------
+    >>> from sktransfer.backbones import describe_backbones
+    >>> lite0 = [e for e in describe_backbones() if e["name"] == "efficientnet_lite0"][0]
+    >>> sorted(lite0), lite0["available"]
+    (['available', 'description', 'name', 'requires'], True)
+    """
     return [
         {
             "name": e.name,
@@ -558,7 +588,34 @@ def _read_state_file(path: Path) -> dict:
 
 
 def load_weights_file(backbone: Backbone, path: str | os.PathLike) -> Backbone:
-    """Load a state-dict file into ``backbone``; explain any key or shape mismatch."""
+    """Load a state-dict file into ``backbone``; explain any key or shape mismatch.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        Loaded in place.
+    path : str or Path
+        A ``torch.save``'d state dict (read with ``weights_only=True``), optionally
+        under a ``"state_dict"`` key, or a ``.safetensors`` file.
+
+    Returns
+    -------
+    Backbone
+        ``backbone`` itself. Missing, unexpected or mis-shaped keys raise
+        :class:`~sktransfer.exceptions.CheckpointError` listing them.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig, load_weights_file
+    >>> bb = Backbone([("fc", nn.Linear(4, 2))], DataConfig(input_size=2), name="tiny")
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.pt")
+    >>> torch.save({"stages.0.weight": torch.ones(2, 4), "stages.0.bias": torch.zeros(2)}, path)
+    >>> load_weights_file(bb, path).stages[0].weight.sum().item()
+    8.0
+    """
     state = _read_state_file(Path(path))
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -809,7 +866,16 @@ _register_text()
 
 
 def build_stage_module(backbone: Backbone, stop: int) -> nn.Module:
-    """Backbone truncated to its first ``stop`` stages (shares parameters)."""
+    """Backbone truncated to its first ``stop`` stages (shares parameters).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig, build_stage_module
+    >>> bb = Backbone([("a", nn.ReLU()), ("b", nn.Tanh())], DataConfig(), name="tiny")
+    >>> build_stage_module(bb, 1).stage_names
+    ['a']
+    """
     return Backbone(
         list(zip(backbone.stage_names[:stop], backbone.stages[:stop])),
         backbone.data_config,
@@ -820,7 +886,16 @@ def build_stage_module(backbone: Backbone, stop: int) -> nn.Module:
 
 
 def describe(backbone: Backbone) -> dict[str, Any]:
-    """A small summary dict (name, stages, preprocessing)."""
+    """A small summary dict (name, stages, preprocessing).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig, describe
+    >>> summary = describe(Backbone([("a", nn.ReLU())], DataConfig(input_size=32), name="tiny"))
+    >>> summary["name"], summary["stages"], summary["data_config"]["input_size"]
+    ('tiny', ['a'], 32)
+    """
     return {
         "name": backbone.name,
         "stages": backbone.stage_names,

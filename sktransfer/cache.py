@@ -50,7 +50,20 @@ _STATS = {"hits": 0, "misses": 0}
 
 
 def stats(reset: bool = False) -> dict:
-    """Hits and misses of the disk cache in this process (for tests and benchmarks)."""
+    """Hits and misses of the disk cache in this process (for tests and benchmarks).
+
+    Parameters
+    ----------
+    reset : bool, default=False
+        Set both counters to zero after reading them.
+
+    Examples
+    --------
+    >>> from sktransfer.cache import stats
+    >>> _ = stats(reset=True)
+    >>> stats()
+    {'hits': 0, 'misses': 0}
+    """
     out = dict(_STATS)
     if reset:
         _STATS.update(hits=0, misses=0)
@@ -66,6 +79,18 @@ class FeatureMemory:
         Folder; entries go to ``location/sktransfer-activations/``.
     max_bytes : int, default=20 GiB
         Size bound; least recently used entries are evicted past it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from sktransfer.cache import FeatureMemory
+    >>> memory = FeatureMemory(tempfile.mkdtemp(), max_bytes=10**6)
+    >>> memory.put("model-key", ["item-a"], [np.arange(3, dtype=np.float32)])
+    >>> [None if a is None else a.tolist() for a in memory.get("model-key", ["item-a", "item-b"])]
+    [[0.0, 1.0, 2.0], None]
+    >>> memory.size() > 0
+    True
     """
 
     def __init__(self, location, max_bytes: int = DEFAULT_MAX_BYTES):
@@ -147,7 +172,24 @@ class FeatureMemory:
 
 
 def resolve_memory(memory) -> FeatureMemory | None:
-    """``None``, a path, a ``joblib.Memory`` or a :class:`FeatureMemory` -> FeatureMemory or None."""
+    """``None``, a path, a ``joblib.Memory`` or a :class:`FeatureMemory` -> FeatureMemory or None.
+
+    This is how the estimators read their ``memory=`` parameter; a ``joblib.Memory``
+    keeps its location and ``bytes_limit``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import joblib
+    >>> from sktransfer.cache import FeatureMemory, resolve_memory
+    >>> folder = tempfile.mkdtemp()
+    >>> resolve_memory(None) is None
+    True
+    >>> isinstance(resolve_memory(folder), FeatureMemory)
+    True
+    >>> resolve_memory(joblib.Memory(folder, verbose=0)).location == folder
+    True
+    """
     if memory is None or isinstance(memory, FeatureMemory):
         return memory
     if isinstance(memory, (str, os.PathLike)):
@@ -165,7 +207,24 @@ def resolve_memory(memory) -> FeatureMemory | None:
 
 
 def module_fingerprint(module: nn.Module, **extra) -> str:
-    """A key for ``module``'s structure, weights and buffers, plus ``extra`` settings."""
+    """A key for ``module``'s structure, weights and buffers, plus ``extra`` settings.
+
+    Two modules get the same key exactly when their ``repr``, their state dicts
+    (names, dtypes and bytes) and ``extra`` are equal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.cache import module_fingerprint
+    >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = b.weight.copy_(a.weight), b.bias.copy_(a.bias)
+    >>> module_fingerprint(a) == module_fingerprint(b)
+    True
+    >>> module_fingerprint(a) == module_fingerprint(a, precision="bf16")
+    False
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(f"v{FORMAT_VERSION}".encode())
     h.update(repr(module).encode())
@@ -179,7 +238,33 @@ def module_fingerprint(module: nn.Module, **extra) -> str:
 
 
 def cached_inference(module, dataset, *, memory: FeatureMemory | None, model_key: str | None, **run_kwargs):
-    """``run_inference`` that serves items from ``memory`` and computes only the misses."""
+    """``run_inference`` that serves items from ``memory`` and computes only the misses.
+
+    Items are keyed by content (``dataset.source.fingerprint``); computed rows
+    that are finite are stored under ``model_key``. ``run_kwargs`` go to
+    :func:`sktransfer._runtime.run_inference` (``batch_size``, ``device``, ``dtype``,
+    ``num_workers``...).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.backbones import DataConfig
+    >>> from sktransfer.cache import FeatureMemory, cached_inference, stats
+    >>> from sktransfer.io import ImageTransform, as_image_source, make_dataset
+    >>> images = np.random.default_rng(0).random((4, 8, 8))
+    >>> dataset = make_dataset(as_image_source(images), ImageTransform(DataConfig(input_size=8)))
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    >>> memory = FeatureMemory(tempfile.mkdtemp())
+    >>> run = dict(batch_size=2, device=torch.device("cpu"), dtype=None, num_workers=0)
+    >>> _ = stats(reset=True)
+    >>> first = cached_inference(net, dataset, memory=memory, model_key="net", **run)
+    >>> again = cached_inference(net, dataset, memory=memory, model_key="net", **run)
+    >>> first.shape, np.array_equal(first, again), stats()
+    ((4, 2), True, {'hits': 4, 'misses': 4})
+    """
     from ._runtime import run_inference
 
     if memory is None:

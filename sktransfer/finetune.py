@@ -71,6 +71,23 @@ class TransferNet(nn.Module):
     BatchNorm running statistics never change. ``input_stage`` says where the
     inputs enter: 0 for images, ``k`` for activations cached after stage
     ``k - 1`` (``len(stages)`` for pooled features).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig
+    >>> from sktransfer.finetune import TransferNet
+    >>> backbone = Backbone(
+    ...     [("conv", nn.Conv2d(3, 8, 3)), ("bn", nn.BatchNorm2d(8))], DataConfig(), name="tiny"
+    ... )
+    >>> net = TransferNet(backbone, nn.Linear(8, 2), n_frozen=1).train()
+    >>> net(torch.zeros(4, 3, 16, 16)).shape
+    torch.Size([4, 2])
+    >>> net.backbone.stages[0].training, net.backbone.stages[1].training
+    (False, True)
+    >>> [p.requires_grad for p in net.backbone.stages[0].parameters()]
+    [False, False]
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0):
@@ -903,6 +920,22 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     def backbone_(self) -> Backbone:
         check_fitted(self, "net_")
         return self.net_.module_.backbone
+
+    def plot_history(self, **kwargs):
+        """Plot the per-epoch losses and validation accuracy; see
+        :func:`sktransfer.plotting.plot_history` (keyword arguments go there).
+
+        Examples
+        --------
+        >>> FineTuneClassifier().plot_history()
+        Traceback (most recent call last):
+        ...
+        sktransfer.exceptions.NotFittedError: ...
+        """
+        from .plotting import plot_history
+
+        check_fitted(self, "net_")
+        return plot_history(self, **kwargs)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -195,6 +195,23 @@ class LogMEScorer:
     transformer, or a pipeline: all its steps when the last one transforms,
     else all but the last) and returns :func:`logme_score` of the result.
     Made by :func:`make_logme_scorer`.
+
+    Parameters
+    ----------
+    regression : bool, default=False
+        Real-valued targets instead of class labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.decomposition import PCA
+    >>> from sktransfer.metrics import LogMEScorer, logme_score
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 20)
+    >>> X = np.c_[y + 0.3 * rng.normal(size=40), rng.normal(size=(40, 3))]
+    >>> pca = PCA(n_components=2).fit(X)
+    >>> LogMEScorer()(pca, X, y) == logme_score(pca.transform(X), y)
+    True
     """
 
     def __init__(self, regression: bool = False):
