@@ -1,11 +1,18 @@
-"""The command line: `sktransfer info`, `sktransfer demo`, exit codes and error reporting."""
+"""The command line: `sktransfer info`, `demo`, `extract`, `finetune`, `predict`, exit codes
+and error reporting."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +64,16 @@ def test_console_script_exit_codes_in_a_real_process():
         ["demo", "--batch-size", "0"],
         ["demo", "--n-digits", "many"],
         ["info", "--unknown-option"],
+        ["extract", "photos"],  # -o is required
+        ["extract", "photos", "-o", "f", "--pooling", "median"],
+        ["extract", "photos", "-o", "f", "--shard-size", "0"],
+        ["extract", "photos", "-o", "f", "--on-error", "skip"],
+        ["finetune", "photos", "--unfreeze", "-1"],
+        ["finetune", "photos", "--unfreeze", "some"],
+        ["finetune", "photos", "--validation-split", "1.5"],
+        ["finetune", "photos", "--augment", "heavy"],
+        ["finetune", "photos", "--lr", "0"],
+        ["predict", "model.joblib"],  # ROOT missing
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):
@@ -73,6 +90,20 @@ def test_usage_error_found_after_parsing_exits_2(capsys):
 def test_help_exits_0(argv, capsys):
     assert cli.main(argv) == 0
     assert "usage: sktransfer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["extract", "finetune", "predict"])
+def test_help_of_each_command_has_examples(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"usage: sktransfer {command}" in out
+    examples = out.split("examples:\n", 1)[1]
+    assert f"  sktransfer {command} " in examples  # lines kept as written, not re-wrapped
+
+
+def test_usage_error_found_after_parsing_finetune_exits_2(capsys):
+    assert cli.main(["finetune", "photos", "--early-stopping", "-1"]) == 2
+    assert "--early-stopping must be >= 0" in capsys.readouterr().err
 
 
 def test_help_lists_every_command(capsys):
@@ -120,3 +151,261 @@ def test_random_crops_are_within_bounds_and_labelled_by_source():
         assert c.flags.c_contiguous
     again, _ = random_crops([img, img[::-1]], 5, min_size=16, max_size=40, seed=3)
     assert all((p == q).all() for p, q in zip(crops, again))
+
+
+# --------------------------------------------------------------------------- extract, finetune, predict
+
+# (class name, index of sklearn's sample photo): two photos, so the classes are easy to tell apart.
+PHOTO_CLASSES = {"china": 0, "flower": 1}
+PER_CLASS = 4
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """``root/<class>/<image>``: 2 classes x 4 small random crops of the two sample photos."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for cls, k in PHOTO_CLASSES.items():
+        (root / cls).mkdir()
+        for i in range(PER_CLASS):
+            h, w = images[k].shape[:2]
+            y, x = rng.integers(0, h - 96), rng.integers(0, w - 96)
+            crop = Image.fromarray(images[k][y : y + 96, x : x + 96]).resize((40, 40))
+            crop.save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo_paths(photos):
+    return [str(photos / cls / f"{i}.png") for cls in PHOTO_CLASSES for i in range(PER_CLASS)]
+
+
+@pytest.fixture(scope="module")
+def extracted(photos, tmp_path_factory):
+    """``sktransfer extract photos -o features.npy --shard-size 3``: 3 shards, run once."""
+    out = tmp_path_factory.mktemp("extract") / "features.npy"
+    argv = ["extract", str(photos), "-o", str(out), "--shard-size", "3", "--batch-size", "4"]
+    assert cli.main([*argv, "--quiet"]) == 0
+    return out, argv
+
+
+@pytest.fixture(scope="module")
+def finetuned(photos, tmp_path_factory):
+    """``sktransfer finetune photos --epochs 1 ...``: the saved model and what was printed."""
+    model = tmp_path_factory.mktemp("finetune") / "sub" / "model.joblib"
+    argv = ["finetune", str(photos), "--epochs", "1", "--batch-size", "4", "--random-state", "0"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main([*argv, "-o", str(model)]) == 0
+    return model, out.getvalue()
+
+
+def _list_file(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def test_extract_writes_shards_a_consolidated_npy_and_paths(extracted, photo_paths):
+    from sktransfer.shards import load_shards, shard_status
+
+    out, _ = extracted
+    shards = out.with_suffix(".shards")
+    assert shard_status(shards) == {"done": 3, "total": 3, "complete": True}
+    feats, items = load_shards(shards, return_items=True)
+    assert items == photo_paths
+    assert out.with_suffix(".paths.txt").read_text().splitlines() == photo_paths
+    np.testing.assert_array_equal(np.load(out), feats)
+    assert feats.shape == (len(photo_paths), 1280)
+
+
+def test_extract_npy_equals_the_extractor_on_the_same_paths(extracted, photo_paths):
+    from sktransfer import PretrainedFeatureExtractor
+
+    expected = PretrainedFeatureExtractor().fit_transform(photo_paths)
+    np.testing.assert_allclose(np.load(extracted[0]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_extract_rerun_computes_only_the_missing_shard(extracted, tmp_path, capsys):
+    from sktransfer.shards import shard_status
+
+    out, argv = extracted
+    folder = tmp_path / "features.shards"
+    shutil.copytree(out.with_suffix(".shards"), folder)
+    (folder / "shard-000002.npy").unlink()  # as if the run had stopped before the last shard
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-*.npy")}
+    argv = [*argv[:3], str(tmp_path / "features.npy"), *argv[4:]]
+    # without --quiet this time: progress output is not an extraction setting
+    assert cli.main(argv) == 0
+    assert shard_status(folder)["complete"]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-00000[01].npy")} == kept
+    out_text = capsys.readouterr().out
+    assert "3 shard(s) (1 computed, 2 reused)" in out_text
+    assert "shard 3/3: 2 items" in out_text
+    np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), np.load(out))
+
+
+def test_extract_reads_a_list_file_relative_to_its_folder(photos, tmp_path, capsys):
+    from sktransfer.shards import load_shards
+
+    listing = _list_file(photos / "some.txt", ["# two images", "china/0.png", "", "flower/1.png"])
+    try:
+        assert cli.main(["extract", str(listing), "-o", str(tmp_path / "f"), "--quiet"]) == 0
+    finally:
+        listing.unlink()
+    feats, items = load_shards(tmp_path / "f", return_items=True)
+    assert items == [str(photos / "china" / "0.png"), str(photos / "flower" / "1.png")]
+    assert feats.shape == (2, 1280)
+    out = capsys.readouterr().out
+    assert "Extracted 2 items -> 1280 features each, 1 shard(s)" in out
+    assert "load_shards(" in out
+
+
+def test_extract_ctrl_c_exits_130_and_keeps_finished_shards(
+    photo_paths, tmp_path, monkeypatch, capsys
+):
+    from sktransfer import PretrainedFeatureExtractor
+    from sktransfer.shards import shard_status
+
+    real_transform = PretrainedFeatureExtractor.transform
+    calls = []
+
+    def interrupted_on_second_shard(self, X):
+        calls.append(len(X))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_transform(self, X)
+
+    monkeypatch.setattr(PretrainedFeatureExtractor, "transform", interrupted_on_second_shard)
+    listing = _list_file(tmp_path / "list.txt", photo_paths[:3])
+    argv = ["extract", str(listing), "-o", str(tmp_path / "f"), "--shard-size", "2", "--quiet"]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err
+    assert "Run the same command again to resume" in err
+    assert shard_status(tmp_path / "f") == {"done": 1, "total": 2, "complete": False}
+
+
+def test_extract_no_resume_recomputes_every_shard(photo_paths, tmp_path, capsys):
+    listing = _list_file(tmp_path / "list.txt", photo_paths[:1])
+    argv = ["extract", str(listing), "-o", str(tmp_path / "f"), "--quiet"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--no-resume"]) == 0
+    assert "(1 computed, 0 reused)" in capsys.readouterr().out.splitlines()[-2]
+
+
+def test_extract_into_a_folder_of_other_items_is_a_runtime_error(extracted, photo_paths, capsys):
+    out, _ = extracted
+    listing = _list_file(out.parent / "one.txt", photo_paths[:1])
+    assert cli.main(["extract", str(listing), "-o", str(out.with_suffix(".shards"))]) == 1
+    assert "already holds shards for other items" in capsys.readouterr().err
+
+
+def test_extract_unreadable_image_is_an_error_or_a_counted_nan_row(photo_paths, tmp_path, capsys):
+    (tmp_path / "broken.png").write_text("not an image")
+    listing = _list_file(tmp_path / "list.txt", [photo_paths[0], "broken.png"])
+    argv = ["extract", str(listing), "--quiet"]
+    assert cli.main([*argv, "-o", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Use --on-error warn" in err and err.count("\n") == 1
+    assert cli.main([*argv, "-o", str(tmp_path / "b.npy"), "--on-error", "warn"]) == 0
+    captured = capsys.readouterr()
+    assert "1 item(s) could not be read: their rows are NaN" in captured.out
+    assert captured.err.startswith("sktransfer: ItemLoadWarning: 1 of 2 items could not be read")
+    feats = np.load(tmp_path / "b.npy")
+    assert np.isfinite(feats[0]).all() and np.isnan(feats[1]).all()
+
+
+def test_pooling_choices_match_the_backbone_module():
+    from sktransfer.backbones import Pooling
+
+    assert cli._POOLING_MODES == Pooling.MODES
+
+
+def test_finetune_prints_the_epoch_table_and_accuracies(finetuned):
+    model, out = finetuned
+    assert model.is_file()
+    assert "Fine-tuning on 6 images of 2 classes ['china', 'flower'], 2 held out" in out
+    assert re.search(r"^\s+epoch\s+train_loss", out, re.M)  # skorch's per-epoch table
+    scores = re.search(r"train accuracy ([0-9.]+), validation accuracy ([0-9.]+)", out)
+    assert scores and 0 <= float(scores[1]) <= 1 and 0 <= float(scores[2]) <= 1
+
+
+def test_predict_csv_equals_the_loaded_model(finetuned, photos, photo_paths, tmp_path, capsys):
+    import joblib
+
+    model, _ = finetuned
+    csv_path = tmp_path / "predictions.csv"
+    assert cli.main(["predict", str(model), str(photos), "-o", str(csv_path), "--proba"]) == 0
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "prediction", "proba_china", "proba_flower"]
+    assert [r["path"] for r in rows] == photo_paths
+    expected = joblib.load(model).predict(photo_paths)
+    assert [r["prediction"] for r in rows] == expected.tolist()
+    proba = np.array([[float(r["proba_china"]), float(r["proba_flower"])] for r in rows])
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-4)
+    truth = np.repeat(list(PHOTO_CLASSES), PER_CLASS)
+    accuracy = np.mean(expected == truth)
+    assert f"Accuracy: {accuracy:.3f} ({round(accuracy * len(truth))}/{len(truth)})" in (
+        capsys.readouterr().out
+    )
+
+
+def test_console_script_predicts_a_list_file_to_stdout(finetuned, photo_paths, tmp_path):
+    import joblib
+
+    model, _ = finetuned
+    script = Path(sys.executable).with_name("sktransfer")
+    if not script.exists():
+        pytest.skip(f"console script not installed next to {sys.executable}")
+    listing = _list_file(tmp_path / "list.txt", photo_paths[::4])
+    run = subprocess.run(
+        [str(script), "predict", str(model), str(listing)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.reader(io.StringIO(run.stdout)))  # stdout holds the CSV and nothing else
+    assert rows[0] == ["path", "prediction"]
+    expected = joblib.load(model).predict(photo_paths[::4]).tolist()
+    assert rows[1:] == [[p, c] for p, c in zip(photo_paths[::4], expected)]
+    assert "Accuracy" not in run.stderr  # a list file has no labels
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["extract", "no/such/folder", "-o", "out"], "no/such/folder does not exist"),
+        (["predict", "no-such-model.joblib", "."], "Model file not found: no-such-model.joblib"),
+        (["finetune", "no/such/folder"], "no/such/folder is not a folder"),
+    ],
+)
+def test_bad_root_or_model_is_exit_1_with_one_line(argv, message, capsys):
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert message in err
+
+
+def test_finetune_needs_class_folders(photos, tmp_path, capsys):
+    assert cli.main(["finetune", str(photos / "china"), "-o", str(tmp_path / "m")]) == 1
+    assert "finetune needs at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_finetune_validation_split_too_small_is_explained(photos, tmp_path, capsys):
+    argv = ["finetune", str(photos), "--validation-split", "0.1", "-o", str(tmp_path / "m")]
+    assert cli.main(argv) == 1
+    assert "--validation-split 0.1 cannot hold out every class" in capsys.readouterr().err
+
+
+def test_empty_list_file_is_exit_1(tmp_path, capsys):
+    listing = _list_file(tmp_path / "list.txt", ["# nothing"])
+    assert cli.main(["extract", str(listing), "-o", str(tmp_path / "f")]) == 1
+    assert "names no images" in capsys.readouterr().err
