@@ -40,7 +40,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FeatureMemory", "resolve_memory", "module_fingerprint", "cached_inference", "stats"]
+__all__ = [
+    "FeatureMemory",
+    "resolve_memory",
+    "module_fingerprint",
+    "cached_inference",
+    "cached_prefix_inference",
+    "stats",
+]
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
@@ -237,7 +244,9 @@ def module_fingerprint(module: nn.Module, **extra) -> str:
     return h.hexdigest()
 
 
-def cached_inference(module, dataset, *, memory: FeatureMemory | None, model_key: str | None, **run_kwargs):
+def cached_inference(
+    module, dataset, *, memory: FeatureMemory | None, model_key: str | None, **run_kwargs
+):
     """``run_inference`` that serves items from ``memory`` and computes only the misses.
 
     Items are keyed by content (``dataset.source.fingerprint``); computed rows
@@ -284,7 +293,9 @@ def cached_inference(module, dataset, *, memory: FeatureMemory | None, model_key
     if missing:
         sub = type(dataset)(source.subset(np.asarray(missing)), dataset.transform)
         computed = run_inference(module, sub, **run_kwargs)
-        finite = [r for r in range(len(missing)) if keys[missing[r]] and np.isfinite(computed[r]).all()]
+        finite = [
+            r for r in range(len(missing)) if keys[missing[r]] and np.isfinite(computed[r]).all()
+        ]
         memory.put(model_key, [keys[missing[r]] for r in finite], [computed[r] for r in finite])
     shape = (computed[0] if computed is not None else found[0]).shape
     out = np.empty((len(source), *shape), dtype=np.float32)
@@ -293,4 +304,111 @@ def cached_inference(module, dataset, *, memory: FeatureMemory | None, model_key
             out[i] = a
     if computed is not None:
         out[np.asarray(missing)] = computed
+    return out
+
+
+class _Cuts(nn.Module):
+    """Stages ``start .. max(cuts)`` of a backbone, returning the activations after
+    every cut in ``cuts``, each flattened, side by side (``shapes`` records theirs).
+    The cut after the last stage is pooled with ``pool`` when one is given."""
+
+    def __init__(self, backbone, start: int, cuts, pool: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.start = start
+        self.cuts = sorted(cuts)
+        self.pool = pool
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        outs = []
+        for i in range(self.start, self.cuts[-1]):
+            x = self.backbone.stages[i](x)
+            if i + 1 in self.cuts:
+                last = i + 1 == len(self.backbone.stages) and self.pool is not None
+                outs.append(self.pool(x) if last else x)
+        self.shapes = [tuple(o.shape[1:]) for o in outs]
+        return torch.cat([o.flatten(1) for o in outs], 1)
+
+
+def cached_prefix_inference(
+    backbone, cut: int, dataset, *, memory: FeatureMemory, keys: dict, pool=None, **run_kwargs
+):
+    """Activations after the first ``cut`` stages of ``backbone`` for every item of
+    ``dataset``, served from ``memory`` where they are there.
+
+    ``keys`` maps ``cut``, and optionally shallower cuts, to model keys (see
+    :func:`module_fingerprint`). An item missing at ``cut`` is computed from the
+    deepest shallower cut cached for it, else from its input; the activations at
+    every cut in ``keys`` that this passes are stored as well. A search over
+    freeze depth therefore runs the frozen bottom of the network once per item:
+    the fit that freezes most stores the cuts the next depths need.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig, build_stage_module
+    >>> from sktransfer.cache import FeatureMemory, cached_prefix_inference, module_fingerprint
+    >>> from sktransfer.io import ImageTransform, as_image_source, make_dataset
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> config = DataConfig(input_size=8, resize_size=None)
+    >>> bb = Backbone([("a", nn.Conv2d(3, 4, 3)), ("b", nn.ReLU()), ("c", nn.Conv2d(4, 2, 3))], config, name="tiny")
+    >>> data = make_dataset(as_image_source(np.random.default_rng(0).random((5, 8, 8))), ImageTransform(config))
+    >>> keys = {c: module_fingerprint(build_stage_module(bb, c)) for c in (1, 2, 3)}
+    >>> memory = FeatureMemory(tempfile.mkdtemp())
+    >>> run = dict(batch_size=2, device=torch.device("cpu"), dtype=None, num_workers=0)
+    >>> cut3 = cached_prefix_inference(bb, 3, data, memory=memory, keys=keys, **run)
+    >>> cut1 = memory.get(keys[1], [data.source.fingerprint(i).hex() for i in range(5)])  # stored on the way
+    >>> cut3.shape, cut1[0].shape, bool(np.allclose(cut3, bb.eval()(torch.stack([data[i][0] for i in range(5)])).detach()))
+    ((5, 2, 4, 4), (4, 6, 6), True)
+    """
+    from ._runtime import TensorItems, run_inference
+
+    source = dataset.source
+    item_keys: list[str | None] = []
+    for i in range(len(source)):
+        try:
+            item_keys.append(source.fingerprint(i).hex())
+        except OSError:
+            item_keys.append(None)  # unreadable: computed, so on_error decides what happens
+    found = memory.get(keys[cut], [k or "" for k in item_keys])
+    missing = [i for i, (k, a) in enumerate(zip(item_keys, found)) if k is None or a is None]
+    _STATS["hits"] += len(source) - len(missing)
+    _STATS["misses"] += len(missing)
+    rows: dict[int, np.ndarray] = {
+        i: a for i, a in enumerate(found) if a is not None and item_keys[i]
+    }
+
+    def compute(module, data, items, **kwargs):
+        flat = run_inference(module, data, **{**run_kwargs, **kwargs})
+        parts = np.split(flat, np.cumsum([int(np.prod(s)) for s in module.shapes])[:-1], axis=1)
+        for c, part in zip(module.cuts, parts):
+            part = part.reshape(len(items), *module.shapes[module.cuts.index(c)])
+            ok = [r for r, i in enumerate(items) if item_keys[i] and np.isfinite(part[r]).all()]
+            memory.put(keys[c], [item_keys[items[r]] for r in ok], [part[r] for r in ok])
+            if c == cut:
+                rows.update({i: part[r] for r, i in enumerate(items)})
+
+    for j in sorted((c for c in keys if c < cut), reverse=True):
+        todo = [i for i in missing if i not in rows and item_keys[i]]
+        if not todo:
+            break
+        got = memory.get(keys[j], [item_keys[i] for i in todo])
+        have = [i for i, a in zip(todo, got) if a is not None]
+        if have:
+            acts = torch.from_numpy(np.stack([a for a in got if a is not None]))
+            cuts = [c for c in keys if j < c <= cut]
+            compute(_Cuts(backbone, j, cuts, pool), TensorItems(acts), have, num_workers=0)
+    todo = [i for i in missing if i not in rows]
+    if todo:
+        sub = type(dataset)(source.subset(np.asarray(todo)), dataset.transform)
+        compute(_Cuts(backbone, 0, [c for c in keys if c <= cut], pool), sub, todo)
+    shape = rows[0].shape if 0 in rows else next(iter(rows.values())).shape
+    out = np.empty((len(source), *shape), dtype=np.float32)
+    for i, a in rows.items():
+        out[i] = a
     return out

@@ -45,11 +45,16 @@ from ._validation import (
 )
 from .augment import make_augment
 from .backbones import Backbone, Pooling, build_stage_module, load_backbone
-from .cache import FeatureMemory, cached_inference, module_fingerprint, resolve_memory
+from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
 from .exceptions import CheckpointError, DeviceWarning, InputError, TrainingDivergedError
 from .io import TextCollate, as_source, make_dataset, make_transform
 
 __all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
+
+# With memory=, a fit also stores the activations at the cuts of this many shallower
+# freeze depths (the next ones a search over `unfreeze` tries), so that the frozen
+# bottom of the network runs once per image for the whole search.
+_EXTRA_CUTS = 2
 
 _SKORCH_PREFIXES = (
     "optimizer__",
@@ -90,7 +95,9 @@ class TransferNet(nn.Module):
     [False, False]
     """
 
-    def __init__(self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0):
+    def __init__(
+        self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0
+    ):
         super().__init__()
         self.backbone = backbone
         self.pool = Pooling(pooling, backbone.num_prefix_tokens)
@@ -423,6 +430,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         weights, cut point, preprocessing and each image's content, so grid
         candidates, CV folds, later fits and other processes reuse them, and
         ``predict`` runs only the trainable top (see :mod:`sktransfer.cache`).
+        For images a fit also stores the activations at the cuts of the two
+        next shallower freeze depths (``unfreeze + 1`` and ``+ 2``), and a
+        missing cut is computed on from a shallower one already stored, so a
+        search over ``unfreeze`` runs the frozen bottom once per image (at
+        most three cuts' worth of disk per image and fit).
     checkpoint_dir : str or None, default=None
         Save the model, optimizer and history after every epoch (atomically,
         to ``sktransfer-finetune.pt``). A later ``fit`` with the same folder
@@ -748,7 +760,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         cacheable = self.cache_frozen and self.augment_ is None and n_frozen > 0
         cacheable = cacheable and (not text or n_frozen == len(backbone.stages))
         self.input_stage_ = n_frozen if cacheable else 0
-        self.prefix_key_ = None  # cache key of the frozen prefix, computed on first use
+        self.prefix_keys_ = None  # cache keys of the frozen prefix, computed on first use
         self.net_ = self._make_net(module, amp, y_enc)
         self.net_.initialize()
 
@@ -756,20 +768,34 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         callbacks = [("stop_on_non_finite", _StopOnNonFinite())]
         n_stages = len(module.backbone.stages)
         if self.warmup_epochs and module.n_frozen < n_stages:
-            callbacks.append(("warmup_unfreeze", _WarmupUnfreeze(self.warmup_epochs, module.n_frozen)))
+            callbacks.append(
+                ("warmup_unfreeze", _WarmupUnfreeze(self.warmup_epochs, module.n_frozen))
+            )
         if self.early_stopping:
             patience = 5 if self.early_stopping is True else int(self.early_stopping)
             monitor = "valid_loss" if self.validation_split is not None else "train_loss"
             callbacks.append(
-                ("early_stopping", EarlyStopping(monitor=monitor, patience=patience, load_best=True))
+                (
+                    "early_stopping",
+                    EarlyStopping(monitor=monitor, patience=patience, load_best=True),
+                )
             )
         if self.checkpoint_dir is not None:
             # after early stopping, so that the final save holds the restored best weights
-            callbacks.append(("epoch_checkpoint", _EpochCheckpoint(self._checkpoint_path(), self.classes_.tolist())))
+            callbacks.append(
+                (
+                    "epoch_checkpoint",
+                    _EpochCheckpoint(self._checkpoint_path(), self.classes_.tolist()),
+                )
+            )
         callbacks += list(self.callbacks or [])
         optimizer = self.optimizer
         if isinstance(optimizer, str):
-            optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+            optimizer = {
+                "adamw": torch.optim.AdamW,
+                "adam": torch.optim.Adam,
+                "sgd": torch.optim.SGD,
+            }[optimizer]
         criterion_kwargs = {}
         if self.class_weight == "balanced":
             codes = np.arange(len(self.classes_))
@@ -821,7 +847,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             if val[0] == "split":
                 return train, _LabeledDataset(X_all[val_idx], y_enc[val_idx])
             return train, _LabeledDataset(self._frozen_activations(val[1], workers), val[2])
-        train_tf = self.transform_ if self.augment_ is None else make_transform(self.backbone_, self.augment_)
+        train_tf = (
+            self.transform_
+            if self.augment_ is None
+            else make_transform(self.backbone_, self.augment_)
+        )
         train = _LabeledDataset(make_dataset(source.subset(idx), train_tf), y_enc[idx])
         if val is None:
             return train, None
@@ -831,38 +861,61 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             valid_src, y_val = val[1], val[2]
         return train, _LabeledDataset(make_dataset(valid_src, self.transform_), y_val)
 
-    def _frozen_prefix(self) -> nn.Module:
+    def _frozen_prefix(self, cut: int) -> nn.Module:
         module = self.net_.module_
-        prefix: nn.Module = build_stage_module(module.backbone, self.input_stage_)
-        if self.input_stage_ == len(module.backbone.stages):
+        prefix: nn.Module = build_stage_module(module.backbone, cut)
+        if cut == len(module.backbone.stages):
             prefix = nn.Sequential(prefix, module.pool)
         return prefix
+
+    def _prefix_keys(self) -> dict:
+        """Cache keys of the frozen prefix and, for images, of the cuts of the next
+        ``_EXTRA_CUTS`` freeze depths (computed once per fit)."""
+        if getattr(self, "prefix_keys_", None) is None:
+            k = self.input_stage_
+            text = self.backbone_.modality == "text"
+            cuts = [k] if text else range(max(1, k - _EXTRA_CUTS), k + 1)
+            self.prefix_keys_ = {
+                c: module_fingerprint(
+                    self._frozen_prefix(c),
+                    data_config=self.transform_.data_config.to_dict(),
+                    precision=self.net_.amp_dtype,
+                    device=self.device_.type,
+                )
+                for c in cuts
+            }
+        return self.prefix_keys_
 
     def _frozen_activations(self, source, workers) -> torch.Tensor:
         """Outputs of the frozen stages (pooled when only the head trains), one per item,
         from ``memory`` when they are there."""
         module = self.net_.module_
-        prefix = self._frozen_prefix()
         memory = resolve_memory(self.memory)
-        if memory is not None and getattr(self, "prefix_key_", None) is None:
-            self.prefix_key_ = module_fingerprint(
-                prefix,
-                data_config=self.transform_.data_config.to_dict(),
-                precision=self.net_.amp_dtype,
-                device=self.device_.type,
+        run_kwargs = {
+            "batch_size": _runtime.resolve_batch_size(
+                "auto", self.device_, self.backbone_.modality
+            ),
+            "device": self.device_,
+            "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+            "num_workers": workers,
+            "verbose": self.verbose,
+            "desc": "frozen features",
+        }
+        dataset = make_dataset(source, self.transform_)
+        if memory is None:
+            feats = _runtime.run_inference(
+                self._frozen_prefix(self.input_stage_), dataset, **run_kwargs
             )
-        feats = cached_inference(
-            prefix,
-            make_dataset(source, self.transform_),
-            memory=memory,
-            model_key=getattr(self, "prefix_key_", None),
-            batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
-            device=self.device_,
-            dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
-            num_workers=workers,
-            verbose=self.verbose,
-            desc="frozen features",
-        )
+        else:
+            feats = cached_prefix_inference(
+                module.backbone,
+                self.input_stage_,
+                dataset,
+                memory=memory,
+                keys=self._prefix_keys(),
+                pool=module.pool,
+                **run_kwargs,
+            )
         module.train(module.training)
         return torch.from_numpy(feats)
 
@@ -886,7 +939,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 return _runtime.run_inference(
                     module,
                     _runtime.TensorItems(acts),
-                    batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
+                    batch_size=_runtime.resolve_batch_size(
+                        "auto", self.device_, self.backbone_.modality
+                    ),
                     device=self.device_,
                     dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
                     num_workers=0,

@@ -89,7 +89,9 @@ def test_key_changes_with_file_content_layer_and_weights(images, tmp_path):
 
 def test_finetune_with_memory_matches_without(images, tmp_path):
     paths, y = images
-    kw = dict(backbone=SMALL, unfreeze=1, max_epochs=3, validation_split=None, verbose=0, random_state=0)
+    kw = dict(
+        backbone=SMALL, unfreeze=1, max_epochs=3, validation_split=None, verbose=0, random_state=0
+    )
     ref = FineTuneClassifier(**kw).fit(paths, y)
     mem = joblib.Memory(str(tmp_path / "jl"), verbose=0)
     cached = FineTuneClassifier(memory=mem, **kw).fit(paths, y)
@@ -100,6 +102,45 @@ def test_finetune_with_memory_matches_without(images, tmp_path):
     again.predict(paths)
     s = cache_mod.stats(reset=True)
     assert s["misses"] == 0 and s["hits"] == 2 * len(paths)
+
+
+def test_freeze_depth_search_runs_the_frozen_bottom_once(images, tmp_path, monkeypatch):
+    """unfreeze=0 stores the cuts unfreeze=1 and 2 need; unfreeze=2 first lets a deeper
+    cut be computed on from its stored activations. Same results as without memory."""
+    import sktransfer._runtime as rt
+
+    paths, y = images
+    kw = dict(backbone=SMALL, max_epochs=2, validation_split=None, verbose=0, random_state=0)
+    inputs = []
+    real = rt.run_inference
+
+    def spy(module, dataset, **kwargs):
+        inputs.append(type(dataset).__name__)
+        return real(module, dataset, **kwargs)
+
+    monkeypatch.setattr(rt, "run_inference", spy)
+    mem = str(tmp_path / "c")
+    cache_mod.stats(reset=True)
+    deepest_first = [
+        FineTuneClassifier(unfreeze=u, memory=mem, **kw).fit(paths, y) for u in (0, 1, 2)
+    ]
+    assert cache_mod.stats(reset=True) == {"hits": 2 * len(paths), "misses": len(paths)}
+    assert inputs.count("ImageDataset") == 1  # the images went through the backbone once
+    inputs.clear()
+    mem2 = str(tmp_path / "c2")
+    shallow_first = [
+        FineTuneClassifier(unfreeze=u, memory=mem2, **kw).fit(paths, y) for u in (2, 0)
+    ]
+    assert (
+        inputs.count("ImageDataset") == 1 and inputs.count("TensorItems") == 1
+    )  # cut 9 from cut 7
+    monkeypatch.setattr(rt, "run_inference", real)
+    for u, fitted in [(0, deepest_first[0]), (1, deepest_first[1]), (2, deepest_first[2]),
+                      (2, shallow_first[0]), (0, shallow_first[1])]:  # fmt: skip
+        plain = FineTuneClassifier(unfreeze=u, **kw).fit(paths, y)
+        np.testing.assert_allclose(
+            fitted.predict_proba(paths), plain.predict_proba(paths), atol=1e-5
+        )
 
 
 def test_corrupt_or_partial_entries_are_recomputed(images, tmp_path):
@@ -147,7 +188,11 @@ _WORKER = textwrap.dedent(
 def _spawn(mem, paths):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, mem, *paths], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        [sys.executable, "-c", _WORKER, mem, *paths],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
