@@ -46,7 +46,7 @@ def main() -> None:
         name="lite0@128",
         data_config=DataConfig(input_size=128, resize_size=146, mean=(0.5,) * 3, std=(0.5,) * 3),
     )
-    print(f"{len(X)} training photos, {len(X_val)} validation photos, classes {list(names)}")
+    print(f"{len(X)} training photos, {len(X_val)} validation photos, classes {names.tolist()}")
     for unfreeze in (0, 2):
         clf = FineTuneClassifier(
             lite0_128,
