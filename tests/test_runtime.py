@@ -35,7 +35,8 @@ def test_out_of_memory_halves_the_batch_and_reports_it():
             dtype=None, num_workers=0,
         )  # fmt: skip
     with torch.no_grad():
-        np.testing.assert_allclose(out, module.lin(x).numpy(), rtol=1e-6)
+        # every row once, in order; smaller batches may round the last bit differently
+        np.testing.assert_allclose(out, module.lin(x).numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_out_of_memory_at_batch_one_is_raised():
