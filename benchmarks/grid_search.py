@@ -504,12 +504,21 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--data-root", type=Path, default=_common.DATA)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for both searches (default: torch's choice); 1 keeps "
+        "timings stable on a machine shared with other jobs",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help=f"JSON path (default {DEFAULT_OUT}; grid_search_quick.json with --quick)",
     )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     epochs = args.epochs or (QUICK["epochs"] if args.quick else DEFAULT_EPOCHS)
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
     out = args.out or (
