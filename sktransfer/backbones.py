@@ -303,7 +303,11 @@ class Pooling(nn.Module):
         if self.mode in ("token", "cls"):
             return hidden[:, 0]
         if self.mode in ("none", "flatten"):
-            return hidden.flatten(1)
+            # texts are padded per batch, so a flattened token sequence has no fixed width
+            raise BackboneError(
+                f"pooling={self.mode!r} would give one vector per token, and texts have "
+                "different numbers of tokens; use 'avg', 'max' or 'cls' with a text backbone."
+            )
         m = mask.to(hidden.dtype).unsqueeze(-1)
         if self.mode == "avg":
             return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -617,7 +617,7 @@ def as_text_source(X: Any) -> TextSource:
         if isinstance(v, np.str_):
             items[i] = str(v)
             continue
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if _is_missing_text(v):
             raise InputError(
                 f"Text {i} is missing (None/NaN). Fill missing texts first, e.g. "
                 "X.fillna('') for a pandas column."
@@ -629,6 +629,13 @@ def as_text_source(X: Any) -> TextSource:
             )
         raise InputError(f"Text {i} is a {type(v).__name__}, not a str; convert the column to str.")
     return TextSource([str(t) for t in items])
+
+
+def _is_missing_text(v: Any) -> bool:
+    """None, a float NaN (Python or NumPy) or pandas' NA/NaT: what ``isna`` calls missing."""
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return True
+    return type(v).__name__ in ("NAType", "NaTType")  # pandas.NA / pandas.NaT, without pandas
 
 
 class TextTransform:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +113,85 @@ def test_finetune_text(unfreeze):
 def test_text_augment_is_refused():
     with pytest.raises(InputError, match="augment applies to images"):
         FineTuneClassifier(TEXT, augment="light", verbose=0).fit(POS + NEG, [1] * 6 + [0] * 6)
+
+
+def test_missing_texts_in_every_spelling_are_named(ext):
+    import pandas as pd
+
+    for missing in (pd.NA, np.float32("nan"), np.nan, None):
+        with pytest.raises(InputError, match="Text 1 is missing"):
+            ext.transform(pd.Series(["ok", missing, "fine"], dtype=object))
+    with pytest.raises(InputError, match="Text 2 is missing"):
+        ext.transform(pd.Series(["ok", "fine", None], dtype="string"))
+    with pytest.raises(InputError, match="Text 1 is a bytes"):
+        ext.transform(["ok", b"raw bytes"])
+
+
+def test_empty_and_blank_texts_give_finite_rows(ext):
+    out = ext.transform(["", "   ", "a film"])
+    assert out.shape == (3, 384) and np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)  # both are [CLS] [SEP] only
+
+
+@pytest.mark.parametrize("pooling", ["none", "flatten"])
+def test_per_token_pooling_is_refused_for_text(pooling):
+    from sktransfer.exceptions import BackboneError
+
+    # texts are padded per batch: a flattened token sequence has no fixed width
+    with pytest.raises(BackboneError, match="different numbers of tokens"):
+        PretrainedFeatureExtractor(TEXT, pooling=pooling).fit(POS)
+
+
+def test_truncation_at_max_length(ext):
+    long = ["good " * 300, "good " * 600]  # both cut to 256 tokens: identical features
+    out = ext.transform(long)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- docs example
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SKTRANSFER_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "hymenoptera").is_dir(),
+    reason=f"docs/examples/column_transformer.py reads {SHARED_DATA / 'hymenoptera'}, absent",
+)
+def test_column_transformer_example(capsys):
+    example = runpy.run_path(str(ROOT / "docs" / "examples" / "column_transformer.py"))
+    res = example["main"](per_class=10)  # 20 training rows, 20 validation rows
+    assert res["n_features"] == 384 + 1280 + 3
+    names = res["pipeline"][0].get_feature_names_out()
+    assert names[0] == "text__pretrainedfeatureextractor0" and names[-1] == "numbers__kb"
+    assert res["accuracy"] >= 0.8
+    assert "validation accuracy, text + image + numbers" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- SST-2 (slow)
+
+SST2 = SHARED_DATA / "text" / "sst2"
+
+
+@pytest.fixture(scope="module")
+def sst2():
+    if not SST2.is_dir():
+        pytest.skip(f"SST-2 not found at {SST2} (see ../shared/data/README.md)")
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "sst2.py"))
+    splits = [bench["load_split"](s, SST2) for s in ("train", "dev", "test")]
+    assert [len(x) for x, _ in splits] == [6920, 872, 1821]
+    return bench, splits
+
+
+@pytest.mark.slow
+def test_sst2_extractor_logistic_regression(sst2):
+    bench, (train, dev, test) = sst2
+    res = bench["run_extractor"](train, dev, test, log=print)
+    assert res["dev_accuracy"] >= 0.80, res
+
+
+@pytest.mark.slow
+def test_sst2_finetune(sst2):
+    bench, (train, dev, test) = sst2
+    res = bench["run_finetune"](train, dev, test, budget_min=None, log=print, verbose=0)
+    assert res["dev_accuracy"] >= 0.85, res
