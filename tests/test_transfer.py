@@ -51,10 +51,10 @@ def test_digits_0_4_to_5_9_transfer():
     assert acc_t >= 0.75 and acc_t > acc_r + 0.1
     # and fine-tuning the transferred backbone on the new task works as a backbone too
     tuned = FineTuneClassifier(
-        source.backbone_, unfreeze=1, max_epochs=10, lr=1e-2, batch_size=16,
+        source.backbone_, unfreeze=3, max_epochs=10, lr=1e-2, batch_size=16,
         validation_split=None, random_state=0, verbose=0,
     ).fit(Xtr, ytr)  # fmt: skip
     acc_tuned = tuned.score(Xte, yte)
-    print(f"fine-tuned top block on 50 labels: {acc_tuned:.3f}")
-    assert acc_tuned >= 0.5  # chance is 0.2; 50 labels are few to tune a block on
+    print(f"fine-tuned last conv block (conv, BN, ReLU) on 50 labels: {acc_tuned:.3f}")
+    assert acc_tuned >= 0.8 and acc_tuned > acc_r  # chance is 0.2
     assert set(tuned.classes_) == set(range(5, 10))
