@@ -16,6 +16,17 @@ Grid searches distribute with joblib's Dask backend, unchanged::
 
 With ``memory=`` on storage all workers see, frozen activations computed by
 one worker are reused by the others.
+
+Torch threads on the workers: Dask's nanny starts each worker with
+``OMP_NUM_THREADS=1``, so torch uses one thread per worker process. With one
+worker per machine (a GPU worker, say), pass
+``env={"OMP_NUM_THREADS": str(cores)}`` to the cluster; keep
+``threads_per_worker=1``, since one partition already keeps torch busy. The
+nanny also sets ``MALLOC_TRIM_THRESHOLD_=65536``, which makes glibc map and
+unmap every large tensor of a forward pass; unset it with
+``dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})``
+before creating the cluster (or the same key set to ``null`` in the workers'
+Dask config). See ``docs/scale.md`` and ``benchmarks/scale.py``.
 """
 
 from __future__ import annotations
@@ -75,7 +86,9 @@ def _transform_partition(part, params, key, columns):
     ext = _fitted_extractor(params, key)
     values = part.iloc[:, 0] if isinstance(part, pd.DataFrame) else part
     if len(values) == 0:
-        return pd.DataFrame(np.empty((0, len(columns)), np.float32), columns=columns, index=part.index)
+        return pd.DataFrame(
+            np.empty((0, len(columns)), np.float32), columns=columns, index=part.index
+        )
     feats = ext.transform(list(values))
     return pd.DataFrame(feats, columns=columns, index=part.index)
 

@@ -41,12 +41,26 @@ from .exceptions import InputError
 __all__ = ["extract_to_shards", "load_shards", "shard_status"]
 
 _FORMAT = "sktransfer-shards-v1"
+# Parameters that change how fast features are computed, not their values: a run may be
+# resumed with other values of these (e.g. a larger batch on a bigger machine).
+_RUNTIME_PARAMS = frozenset({"batch_size", "num_workers", "verbose", "memory"})
 
 
 def _item_repr(item) -> str:
+    """A path or text as itself; an in-memory image by its type and a hash of its content.
+
+    The hash makes the items digest tell two lists of same-sized arrays apart, so a
+    resumed run never returns shards computed from other images.
+    """
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
-    return f"<{type(item).__name__} item>"
+    import joblib
+
+    return f"<{type(item).__name__} item {joblib.hash(item)}>"
+
+
+def _feature_params(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in _RUNTIME_PARAMS}
 
 
 def _items_digest(lines: list[str]) -> str:
@@ -67,6 +81,8 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())  # a shard that exists after a power cut is complete, not empty
     os.replace(tmp, path)
 
 
@@ -93,8 +109,11 @@ def extract_to_shards(
     shard_size : int, default=1024
         Items per shard.
     resume : bool, default=True
-        Skip shards that are already complete. With ``False`` an existing
-        output folder for other items is an error instead of being reused.
+        Skip shards that are already complete. A run may resume with other
+        ``batch_size``, ``num_workers``, ``verbose`` or ``memory`` (they do
+        not change the features); other items or other extractor parameters
+        are an error. With ``False`` the shards of the same extraction are
+        deleted and computed again.
     verbose : int, default=0
         1 prints one line per shard.
 
@@ -138,7 +157,9 @@ def extract_to_shards(
         feats = extractor.transform(chunk)
         _atomic_save_npy(_shard_path(out, k), feats)
         if verbose:
-            print(f"shard {k + 1}/{manifest['n_shards']}: {len(chunk)} items -> {_shard_path(out, k).name}")
+            print(
+                f"shard {k + 1}/{manifest['n_shards']}: {len(chunk)} items -> {_shard_path(out, k).name}"
+            )
     if "n_features" not in manifest:
         n_features = int(np.load(_shard_path(out, 0), mmap_mode="r").shape[1])
         manifest["n_features"] = n_features
@@ -154,7 +175,12 @@ def _check_or_write_manifest(out: Path, manifest: dict, lines: list[str], resume
     path = out / "manifest.json"
     if path.exists():
         old = json.loads(path.read_text())
-        same = all(old.get(k) == manifest[k] for k in ("format", "n_items", "shard_size", "items_digest", "extractor"))
+        same = all(
+            old.get(k) == manifest[k] for k in ("format", "n_items", "shard_size", "items_digest")
+        )
+        same = same and _feature_params(old.get("extractor", {})) == _feature_params(
+            manifest["extractor"]
+        )
         if same and resume:
             manifest.update({k: v for k, v in old.items() if k == "n_features"})
             return
@@ -194,7 +220,10 @@ def load_shards(out, *, mmap: bool = False, return_items: bool = False):
             f"{out} is incomplete: {status['done']} of {status['total']} shards. Run the same "
             "extraction again to resume it."
         )
-    parts = [np.load(_shard_path(out, k), mmap_mode="r" if mmap else None) for k in range(status["total"])]
+    parts = [
+        np.load(_shard_path(out, k), mmap_mode="r" if mmap else None)
+        for k in range(status["total"])
+    ]
     feats = np.concatenate(parts) if not mmap else np.concatenate([np.asarray(p) for p in parts])
     if return_items:
         with open(out / "items.jsonl", encoding="utf-8") as f:

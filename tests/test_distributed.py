@@ -93,7 +93,9 @@ def test_grid_search_on_dask_backend_with_shared_cache(client, paths, tmp_path):
     from sklearn.model_selection import GridSearchCV
 
     y = np.arange(len(paths)) % 2
-    clf = FineTuneClassifier(SMALL, max_epochs=1, validation_split=None, verbose=0, random_state=0, memory=str(tmp_path))
+    clf = FineTuneClassifier(
+        SMALL, max_epochs=1, validation_split=None, verbose=0, random_state=0, memory=str(tmp_path)
+    )
     with joblib.parallel_backend("dask"):
         search = GridSearchCV(clf, {"unfreeze": [0, 1]}, cv=2).fit(paths, y)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
@@ -121,7 +123,9 @@ def test_shards_resume_after_kill(tmp_path, paths):
         shards.extract_to_shards({paths!r}, {str(out)!r}, PretrainedFeatureExtractor(spec), shard_size=5)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT
+    )
     assert proc.returncode == -signal.SIGKILL
     assert shard_status(out) == {"done": 2, "total": 5, "complete": False}
     with pytest.raises(InputError, match="incomplete: 2 of 5"):
@@ -133,3 +137,41 @@ def test_shards_resume_after_kill(tmp_path, paths):
     np.testing.assert_allclose(feats, ext.fit(paths).transform(paths), rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="other items"):
         extract_to_shards(paths[:-1], out, ext, shard_size=5)
+
+
+def test_shards_in_memory_items_are_told_apart_by_content(tmp_path):
+    rng = np.random.default_rng(0)
+    first = [rng.random((20, 20, 3)) for _ in range(4)]
+    second = [rng.random((20, 20, 3)) for _ in range(4)]  # same count, types and shapes
+    ext = PretrainedFeatureExtractor(SMALL)
+    extract_to_shards(first, tmp_path, ext, shard_size=2)
+    with pytest.raises(InputError, match="other items"):  # not the shards of `first`, silently
+        extract_to_shards(second, tmp_path, ext, shard_size=2)
+    # equal content, other objects: the same items, so the run resumes
+    extract_to_shards([a.copy() for a in first], tmp_path, ext, shard_size=2)
+    np.testing.assert_allclose(
+        load_shards(tmp_path), ext.fit().transform(first), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_shards_resume_with_other_batch_size_and_verbose(tmp_path, paths, monkeypatch):
+    from sktransfer import shards
+
+    extract_to_shards(
+        paths, tmp_path, PretrainedFeatureExtractor(SMALL, batch_size=4), shard_size=5
+    )
+    before = load_shards(tmp_path)
+    (tmp_path / "shard-000003.npy").unlink()
+    saved = []
+    real_save = shards._atomic_save_npy
+    monkeypatch.setattr(
+        shards, "_atomic_save_npy", lambda p, a: (saved.append(p.name), real_save(p, a))
+    )
+    ext = PretrainedFeatureExtractor(SMALL, batch_size=16, num_workers=0, verbose=1)
+    extract_to_shards(paths, tmp_path, ext, shard_size=5)  # speed settings only: resumes
+    assert saved == ["shard-000003.npy"]
+    np.testing.assert_allclose(load_shards(tmp_path), before, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="other items or extractor settings"):
+        extract_to_shards(
+            paths, tmp_path, PretrainedFeatureExtractor(SMALL, pooling="max"), shard_size=5
+        )
