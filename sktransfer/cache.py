@@ -244,6 +244,22 @@ def module_fingerprint(module: nn.Module, **extra) -> str:
     return h.hexdigest()
 
 
+def _lookup(memory: FeatureMemory, model_key: str, source):
+    """Content keys of ``source``'s items (None when unreadable), their entries under
+    ``model_key`` (None when absent) and the indices to compute; counts hits and misses."""
+    keys: list[str | None] = []
+    for i in range(len(source)):
+        try:
+            keys.append(source.fingerprint(i).hex())
+        except OSError:
+            keys.append(None)  # unreadable: computed, so on_error decides what happens
+    found = memory.get(model_key, [k or "" for k in keys])
+    missing = [i for i, (k, a) in enumerate(zip(keys, found)) if k is None or a is None]
+    _STATS["hits"] += len(source) - len(missing)
+    _STATS["misses"] += len(missing)
+    return keys, found, missing
+
+
 def cached_inference(
     module, dataset, *, memory: FeatureMemory | None, model_key: str | None, **run_kwargs
 ):
@@ -279,16 +295,7 @@ def cached_inference(
     if memory is None:
         return run_inference(module, dataset, **run_kwargs)
     source = dataset.source
-    keys: list[str | None] = []
-    for i in range(len(source)):
-        try:
-            keys.append(source.fingerprint(i).hex())
-        except OSError:
-            keys.append(None)  # unreadable: compute, so on_error decides what happens
-    found = memory.get(model_key, [k or "" for k in keys])
-    missing = [i for i, (k, a) in enumerate(zip(keys, found)) if k is None or a is None]
-    _STATS["hits"] += len(source) - len(missing)
-    _STATS["misses"] += len(missing)
+    keys, found, missing = _lookup(memory, model_key, source)
     computed = None
     if missing:
         sub = type(dataset)(source.subset(np.asarray(missing)), dataset.transform)
@@ -369,16 +376,7 @@ def cached_prefix_inference(
     from ._runtime import TensorItems, run_inference
 
     source = dataset.source
-    item_keys: list[str | None] = []
-    for i in range(len(source)):
-        try:
-            item_keys.append(source.fingerprint(i).hex())
-        except OSError:
-            item_keys.append(None)  # unreadable: computed, so on_error decides what happens
-    found = memory.get(keys[cut], [k or "" for k in item_keys])
-    missing = [i for i, (k, a) in enumerate(zip(item_keys, found)) if k is None or a is None]
-    _STATS["hits"] += len(source) - len(missing)
-    _STATS["misses"] += len(missing)
+    item_keys, found, missing = _lookup(memory, keys[cut], source)
     rows: dict[int, np.ndarray] = {
         i: a for i, a in enumerate(found) if a is not None and item_keys[i]
     }
