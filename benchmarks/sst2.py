@@ -152,7 +152,9 @@ def run_finetune(train, dev, test, budget_min: float | None, log, verbose: int =
         "fit_s": t_fit,
         "stopped_by_budget": stopped,
         "epochs_completed": sum(1 for e in epochs if e["valid_loss"] is not None),
-        "batches_trained": sum(len([b for b in row["batches"] if "train_loss" in b]) for row in hist),
+        "batches_trained": sum(
+            len([b for b in row["batches"] if "train_loss" in b]) for row in hist
+        ),
         "history": epochs,
         "dev_predict_sentences_per_s": len(dev[0]) / t_predict,
         "precision": clf.net_.amp_dtype,
