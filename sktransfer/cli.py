@@ -60,12 +60,51 @@ _VERSIONED = (
 
 
 class UsageError(Exception):
-    """Arguments that parse but make no sense together; exits with status 2."""
+    """Arguments that parse but make no sense together; exits with status 2.
+
+    :func:`main` prints the command's usage line and the message on stderr.
+
+    Examples
+    --------
+    ``--n-crops 2`` parses as a positive integer, but the demo's 5-fold
+    cross-validation needs at least 5 crops per photo:
+
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     status = main(["demo", "--n-crops", "2"])
+    >>> status
+    2
+    >>> print(err.getvalue(), end="")  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    usage: sktransfer demo ...
+    sktransfer demo: error: --n-crops must be at least 5 (one per CV fold), got 2
+    """
 
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: its name, one-line help, argument setup and action."""
+    """One subcommand: its name, one-line help, argument setup and action.
+
+    Examples
+    --------
+    >>> [cmd.name for cmd in COMMANDS]
+    ['info', 'demo', 'extract', 'finetune', 'predict']
+
+    A new command adds its arguments in ``configure`` and does its work in
+    ``run``, which returns the exit status:
+
+    >>> def configure_hello(parser):
+    ...     parser.add_argument("--name", default="world")
+    >>> def run_hello(args):
+    ...     print(f"hello {args.name}")
+    ...     return 0
+    >>> hello = Command("hello", "print a greeting", configure_hello, run_hello)
+    >>> parser = argparse.ArgumentParser(prog="sktransfer hello")
+    >>> hello.configure(parser)
+    >>> hello.run(parser.parse_args(["--name", "sktransfer"]))
+    hello sktransfer
+    0
+    """
 
     name: str
     help: str
@@ -867,7 +906,42 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on a usage error, 1 on a runtime error (reported as
+        one line on stderr), 130 when interrupted.
+
+    Examples
+    --------
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    sktransfer ...
+    0
+
+    Errors never raise: they are reported on stderr and give the exit status.
+
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     main(["no-such-command"])
+    2
+    >>> print(err.getvalue(), end="")  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    usage: sktransfer [-h] [--version] [--debug] COMMAND ...
+    sktransfer: error: argument COMMAND: invalid choice: ...
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     main(["predict", "no-such-model.joblib", "photos/"])
+    1
+    >>> print(err.getvalue(), end="")
+    sktransfer predict: error: Model file not found: no-such-model.joblib (--debug for the traceback)
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -52,7 +52,20 @@ _CV_FOLDS = 5
 
 @dataclass
 class DemoResult:
-    """One row of the demo's summary table."""
+    """One row of the demo's summary table.
+
+    Examples
+    --------
+    >>> r = DemoResult(task="digits", n_images=100, feature_shape=(100, 1280), seconds=2.0,
+    ...                accuracy=0.96, reference_accuracy=0.97, reference="raw 8x8 pixels",
+    ...                evaluation="test split")
+    >>> r.images_per_second
+    50.0
+    >>> print(format_summary([r]))  # doctest: +NORMALIZE_WHITESPACE
+    task    images  features  time (s)  img/s  evaluation  accuracy  reference
+    ------  ------  --------  --------  -----  ----------  --------  ----------------------
+    digits  100     100x1280  2.0       50.0   test split  0.960     0.970 (raw 8x8 pixels)
+    """
 
     task: str
     n_images: int
@@ -87,6 +100,15 @@ def demo_precision(precision: str, device: torch.device) -> str:
     on CPUs with native bf16 instructions (AVX512-BF16 or AMX), where it
     measured about 3x faster with the same accuracy; elsewhere it keeps the
     extractor's choice.
+
+    Examples
+    --------
+    >>> demo_precision("fp32", torch.device("cpu"))
+    'fp32'
+    >>> demo_precision("auto", torch.device("cuda"))
+    'auto'
+    >>> demo_precision("auto", torch.device("cpu")) in ("bf16", "auto")  # depends on the CPU
+    True
     """
     if precision != "auto":
         return precision
@@ -277,6 +299,27 @@ def run_demo(
         Show a progress bar (on stderr) during extraction.
     seed : int, default=0
     out : text stream, default=sys.stdout
+
+    Returns
+    -------
+    list of DemoResult
+        One per task: digits, then crops.
+
+    Examples
+    --------
+    Even the smallest run loads the default backbone and extracts features of
+    about 50 images, which takes tens of seconds on a CPU, so it is not run here:
+
+    >>> results = run_demo(quick=True, progress=False)  # doctest: +SKIP
+    >>> [r.task for r in results]  # doctest: +SKIP
+    ['digits', 'crops']
+
+    The arguments are checked before anything is loaded (this part is cheap):
+
+    >>> run_demo(n_digits=5)
+    Traceback (most recent call last):
+        ...
+    ValueError: n_digits must be between 20 and 1797, got 5.
     """
     out = sys.stdout if out is None else out
     n_digits = n_digits or (QUICK_N_DIGITS if quick else DEFAULT_N_DIGITS)

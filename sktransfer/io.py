@@ -107,6 +107,19 @@ def open_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     ``draft_size`` is the smallest side the caller will resize to: JPEG DCT
     scaling then decodes at 1/2, 1/4 or 1/8 of the size when the result stays
     at least that large, which is several times cheaper than a full decode.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> folder = tempfile.mkdtemp()
+    >>> Image.new("LA", (4, 3)).save(os.path.join(folder, "gray_alpha.png"))
+    >>> img = open_image(os.path.join(folder, "gray_alpha.png"))
+    >>> img.mode, img.size, img.getpixel((0, 0))  # transparent: composited over white
+    ('RGB', (4, 3), (255, 255, 255))
+    >>> Image.new("RGB", (400, 300)).save(os.path.join(folder, "photo.jpg"))
+    >>> open_image(os.path.join(folder, "photo.jpg"), draft_size=100).size  # decoded at 1/2
+    (200, 150)
     """
     with Image.open(path) as img:
         if getattr(img, "n_frames", 1) > 1:
@@ -143,6 +156,20 @@ class ImageSource:
         Paths, PIL images or per-item arrays (for ``kind != "array"``).
     images : ndarray or None
         For ``kind == "array"``.
+
+    Examples
+    --------
+    Usually made by :func:`as_image_source`:
+
+    >>> import numpy as np
+    >>> src = ImageSource("array", images=np.zeros((3, 8, 8, 1), dtype=np.uint8))
+    >>> len(src), tuple(src.load(0).shape)  # grayscale repeated to 3 channels
+    (3, (3, 8, 8))
+    >>> part = src.subset([2, 0])
+    >>> len(part), part.original_index(0), part.describe(0)
+    (2, 2, 'row 2')
+    >>> ImageSource("paths", items=["a.jpg", "b.png"]).file_paths()
+    ['a.jpg', 'b.png']
     """
 
     kind: str
@@ -512,6 +539,26 @@ class ImageDataset(torch.utils.data.Dataset):
     item index when ``targets`` is None). With ``errors="return"``, an item
     that fails to load gives a zero image and its index is recorded by the
     collate step instead of raising, so one bad file does not stop a run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer.backbones import DataConfig
+    >>> transform = ImageTransform(DataConfig(input_size=16, resize_size=None))
+    >>> ds = ImageDataset(as_image_source(np.zeros((4, 8, 8))), transform, targets=[1, 0, 1, 0])
+    >>> x, y = ds[2]
+    >>> len(ds), tuple(x.shape), y
+    (4, (3, 16, 16), 1)
+
+    With ``errors="return"`` an unreadable item gives a zero image and the error:
+
+    >>> bad = ImageDataset(ImageSource("paths", items=["no-such-file.png"]), transform,
+    ...                    errors="return")
+    >>> x, y, error = bad[0]
+    >>> float(x.abs().sum()), y
+    (0.0, 0)
+    >>> print(error)  # doctest: +ELLIPSIS
+    Could not read item 0 ('no-such-file.png'): FileNotFoundError: ...
     """
 
     def __init__(self, source: ImageSource, transform: ImageTransform, targets=None, errors="raise"):

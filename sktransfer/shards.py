@@ -121,6 +121,31 @@ def extract_to_shards(
     -------
     Path
         ``out``.
+
+    Examples
+    --------
+    A tiny untrained backbone keeps the example fast; any extractor works the same.
+
+    >>> import tempfile
+    >>> import torch
+    >>> from sklearn.datasets import load_digits
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> from sktransfer.backbones import BackboneSpec, DataConfig
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    >>> spec = BackboneSpec(module=net, data_config=DataConfig(input_size=8, resize_size=None))
+    >>> X = list(load_digits().images[:6])
+    >>> out = extract_to_shards(X, tempfile.mkdtemp(), PretrainedFeatureExtractor(spec),
+    ...                         shard_size=4)
+    >>> sorted(p.name for p in out.iterdir())
+    ['items.jsonl', 'manifest.json', 'shard-000000.npy', 'shard-000001.npy']
+
+    After an interruption, the same call computes only the missing shards:
+
+    >>> (out / "shard-000001.npy").unlink()
+    >>> out = extract_to_shards(X, out, PretrainedFeatureExtractor(spec), shard_size=4, verbose=1)
+    shard 2/2: 2 items -> shard-000001.npy
+    >>> load_shards(out).shape
+    (6, 4)
     """
     from .extraction import PretrainedFeatureExtractor
 
@@ -198,7 +223,26 @@ def _check_or_write_manifest(out: Path, manifest: dict, lines: list[str], resume
 
 
 def shard_status(out) -> dict:
-    """How many shards of ``out`` are complete: ``{"done": d, "total": t, "complete": bool}``."""
+    """How many shards of ``out`` are complete: ``{"done": d, "total": t, "complete": bool}``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from sklearn.datasets import load_digits
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> from sktransfer.backbones import BackboneSpec, DataConfig
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    >>> spec = BackboneSpec(module=net, data_config=DataConfig(input_size=8, resize_size=None))
+    >>> X = list(load_digits().images[:6])
+    >>> out = extract_to_shards(X, tempfile.mkdtemp(), PretrainedFeatureExtractor(spec),
+    ...                         shard_size=2)
+    >>> shard_status(out)
+    {'done': 3, 'total': 3, 'complete': True}
+    >>> (out / "shard-000002.npy").unlink()  # as if the run had been interrupted
+    >>> shard_status(out)
+    {'done': 2, 'total': 3, 'complete': False}
+    """
     out = Path(out)
     manifest = json.loads((out / "manifest.json").read_text())
     done = sum(_shard_path(out, k).exists() for k in range(manifest["n_shards"]))
@@ -212,6 +256,29 @@ def load_shards(out, *, mmap: bool = False, return_items: bool = False):
     ------
     InputError
         If some shards are missing (run :func:`extract_to_shards` again to finish).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from sklearn.datasets import load_digits
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> from sktransfer.backbones import BackboneSpec, DataConfig
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    >>> spec = BackboneSpec(module=net, data_config=DataConfig(input_size=8, resize_size=None))
+    >>> X = list(load_digits().images[:6])
+    >>> out = extract_to_shards(X, tempfile.mkdtemp(), PretrainedFeatureExtractor(spec),
+    ...                         shard_size=4)
+    >>> features, items = load_shards(out, return_items=True)
+    >>> features.shape, features.dtype, len(items)
+    ((6, 4), dtype('float32'), 6)
+    >>> items[0]  # in-memory images are named by their type and a content hash
+    '<ndarray item ...>'
+    >>> (out / "shard-000000.npy").unlink()
+    >>> load_shards(out)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    sktransfer.exceptions.InputError: ... is incomplete: 1 of 2 shards. Run the same extraction ...
     """
     out = Path(out)
     status = shard_status(out)
