@@ -255,8 +255,10 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    if args.n_digits is not None and not 20 <= args.n_digits <= 1797:
-        raise UsageError(f"--n-digits must be between 20 and 1797, got {args.n_digits}")
+    if args.n_digits is not None and not 40 <= args.n_digits <= 1797:
+        raise UsageError(
+            f"--n-digits must be between 40 and 1797 (the test split needs one per class), got {args.n_digits}"
+        )
     if args.n_crops is not None and args.n_crops < 5:
         raise UsageError(f"--n-crops must be at least 5 (one per CV fold), got {args.n_crops}")
     run_demo(

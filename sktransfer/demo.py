@@ -289,7 +289,7 @@ def run_demo(
     quick : bool, default=False
         Fewer images (for tests): 80 digits and 10 crops per photo.
     n_digits : int, optional
-        Digits to use (a stratified subset of the 1797); default: all.
+        Digits to use (a stratified subset of the 1797, at least 40); default: all.
     n_crops : int, optional
         Crops per photo; default 60.
     precision, batch_size, device
@@ -319,13 +319,16 @@ def run_demo(
     >>> run_demo(n_digits=5)
     Traceback (most recent call last):
         ...
-    ValueError: n_digits must be between 20 and 1797, got 5.
+    ValueError: n_digits must be between 40 and 1797 (a quarter is the test split, at least one per class), got 5.
     """
     out = sys.stdout if out is None else out
     n_digits = n_digits or (QUICK_N_DIGITS if quick else DEFAULT_N_DIGITS)
     n_crops = n_crops or (QUICK_N_CROPS if quick else DEFAULT_N_CROPS)
-    if not 20 <= n_digits <= 1797:
-        raise ValueError(f"n_digits must be between 20 and 1797, got {n_digits}.")
+    if not 40 <= n_digits <= 1797:
+        raise ValueError(
+            f"n_digits must be between 40 and 1797 (a quarter is the test split, at least one "
+            f"per class), got {n_digits}."
+        )
     if n_crops < _CV_FOLDS:
         raise ValueError(f"n_crops must be at least {_CV_FOLDS} (one per CV fold), got {n_crops}.")
 

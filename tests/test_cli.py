@@ -83,7 +83,7 @@ def test_usage_errors_exit_2(argv, capsys):
 
 def test_usage_error_found_after_parsing_exits_2(capsys):
     assert cli.main(["demo", "--n-digits", "5"]) == 2
-    assert "--n-digits must be between 20 and 1797" in capsys.readouterr().err
+    assert "--n-digits must be between 40 and 1797" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["info", "--help"]])
