@@ -7,11 +7,11 @@ the same CNN with random weights.
 
 from __future__ import annotations
 
+import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
-import torch
 from torch import nn
 
 from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier, PretrainedFeatureExtractor
