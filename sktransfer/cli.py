@@ -229,22 +229,11 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-crops", type=_positive_int, metavar="N", help="random crops per photo (default: 60)"
     )
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
-        help="inference precision; auto: bf16 on CPUs with native bf16, else the extractor's "
-        "default (fp32 on CPU, mixed precision on CUDA)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default="auto",
-        metavar="N",
-        help="images per forward pass (default: auto)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+    _add_runtime_options(
+        parser,
+        batch_size=True,
+        precision_help="inference precision; auto: bf16 on CPUs with native bf16, else the "
+        "extractor's default (fp32 on CPU, mixed precision on CUDA)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
@@ -343,7 +332,21 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+def _add_runtime_options(
+    parser: argparse.ArgumentParser,
+    *,
+    batch_size: bool = False,
+    precision_help: str = "auto: mixed precision on CUDA, fp32 on the CPU (default: auto)",
+) -> None:
+    """``--device`` and ``--precision`` (and the inference ``--batch-size``)."""
+    if batch_size:
+        parser.add_argument(
+            "--batch-size",
+            type=_batch_size,
+            default="auto",
+            metavar="N",
+            help="images per forward pass (default: auto)",
+        )
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
     )
@@ -351,7 +354,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
-        help="auto: mixed precision on CUDA, fp32 on the CPU (default: auto)",
+        help=precision_help,
     )
 
 
@@ -419,20 +422,13 @@ def _configure_extract(parser: argparse.ArgumentParser) -> None:
         help="how a feature map becomes one vector (default: avg)",
     )
     parser.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default="auto",
-        metavar="N",
-        help="images per forward pass (default: auto)",
-    )
-    parser.add_argument(
         "--shard-size",
         type=_positive_int,
         default=1024,
         metavar="N",
         help="images per shard, the unit of resumption (default: 1024)",
     )
-    _add_runtime_options(parser)
+    _add_runtime_options(parser, batch_size=True)
     parser.add_argument(
         "--on-error",
         choices=("raise", "warn", "ignore"),
