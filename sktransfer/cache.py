@@ -33,12 +33,13 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from ._files import atomic_write, save_npy
 
 __all__ = [
     "FeatureMemory",
@@ -128,12 +129,8 @@ class FeatureMemory:
     def put(self, model_key: str, item_keys, arrays) -> None:
         written = 0
         for key, arr in zip(item_keys, arrays):
-            path = self._path(model_key, key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            os.replace(tmp, path)
+            data = np.ascontiguousarray(arr)
+            path = atomic_write(self._path(model_key, key), lambda tmp, a=data: save_npy(tmp, a))
             written += path.stat().st_size
         if written:
             self.evict()

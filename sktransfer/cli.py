@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -358,17 +357,6 @@ def _add_runtime_options(
     )
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file renamed into place: never a half-written ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------- extract
 
 _EXTRACT_EPILOG = """\
@@ -470,15 +458,8 @@ def _count_nan_rows(folder: Path) -> int:
     return total
 
 
-def _save_npy(path: Path, array) -> None:
-    import numpy as np
-
-    with path.open("wb") as f:  # a file object: np.save(path) would append ".npy" to the name
-        np.save(f, array, allow_pickle=False)
-
-
 def _run_extract(args: argparse.Namespace) -> int:
-
+    from ._files import atomic_write, save_npy
     from .exceptions import ItemLoadError
     from .extraction import PretrainedFeatureExtractor
     from .shards import extract_to_shards, load_shards, shard_status
@@ -529,9 +510,9 @@ def _run_extract(args: argparse.Namespace) -> int:
     n_shards = shard_status(folder)["total"]
     if single is not None:
         feats, items = load_shards(folder, return_items=True)
-        _atomic_write(single, lambda tmp: _save_npy(tmp, feats))
+        atomic_write(single, lambda tmp: save_npy(tmp, feats))
         paths_file = single.with_suffix(".paths.txt")
-        _atomic_write(paths_file, lambda tmp: tmp.write_text("".join(f"{p}\n" for p in items)))
+        atomic_write(paths_file, lambda tmp: tmp.write_text("".join(f"{p}\n" for p in items)))
     print(
         f"Extracted {len(paths)} items -> {manifest.get('n_features')} features each, "
         f"{n_shards} shard(s) ({n_shards - reused} computed, {reused} reused) in "
@@ -659,6 +640,7 @@ def _split(paths: list[str], labels: list[str], fraction: float, seed: int | Non
 def _run_finetune(args: argparse.Namespace) -> int:
     import joblib
 
+    from ._files import atomic_write
     from .exceptions import InputError
     from .finetune import FineTuneClassifier
 
@@ -698,7 +680,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     clf.fit(X_tr, y_tr)
     seconds = time.perf_counter() - start
     out = Path(args.output)
-    _atomic_write(out, lambda tmp: joblib.dump(clf, tmp))
+    atomic_write(out, lambda tmp: joblib.dump(clf, tmp))
     scores = f"train accuracy {clf.score(X_tr, y_tr):.3f}"
     if X_val is not None:
         scores += f", validation accuracy {clf.score(X_val, y_val):.3f}"
@@ -743,6 +725,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import joblib
     import numpy as np
 
+    from ._files import atomic_write
     from .exceptions import InputError
     from .finetune import FineTuneClassifier
 
@@ -774,7 +757,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             with tmp.open("w", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerows([header, *rows])
 
-        _atomic_write(Path(args.output), write)
+        atomic_write(Path(args.output), write)
         log = sys.stdout
         print(f"Predicted {len(paths)} images -> {args.output}", file=log)
     else:

@@ -35,6 +35,7 @@ from skorch.history import History
 from torch import nn
 
 from . import _runtime
+from ._files import atomic_write
 from ._validation import (
     HasMethods,
     Interval,
@@ -297,10 +298,7 @@ class _EpochCheckpoint(Callback):
             "optimizer": net.optimizer_.state_dict(),
             "history": history,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
 
     def on_epoch_end(self, net, **kwargs):
         self._save(net, finished=False)

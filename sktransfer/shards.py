@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import clone
 
+from ._files import atomic_write, save_npy
 from .exceptions import InputError
 
 __all__ = ["extract_to_shards", "load_shards", "shard_status"]
@@ -72,18 +73,13 @@ def _items_digest(lines: list[str]) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())  # a shard that exists after a power cut is complete, not empty
-    os.replace(tmp, path)
+    # synced: a shard that exists after a power cut is complete, not empty
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    atomic_write(path, lambda tmp: save_npy(tmp, array), sync=True)
 
 
 def extract_to_shards(
