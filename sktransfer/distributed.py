@@ -36,7 +36,7 @@ import threading
 import numpy as np
 from sklearn.base import clone
 
-from .exceptions import MissingDependencyError
+from .exceptions import import_optional
 
 __all__ = ["extract"]
 
@@ -45,13 +45,9 @@ _LOCK = threading.Lock()
 
 
 def _dask():
-    try:
-        import dask
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            "Distributed extraction needs Dask: pip install 'sktransfer[dask]'"
-        ) from exc
-    return dask
+    return import_optional(
+        "dask", "Distributed extraction needs Dask: pip install 'sktransfer[dask]'"
+    )
 
 
 def _worker_store() -> dict:

@@ -170,6 +170,27 @@ class MissingDependencyError(SktransferError, ImportError):
     """
 
 
+def import_optional(module: str, message: str):
+    """Import ``module``, or raise :class:`MissingDependencyError` with ``message``
+    (which says what to install). The one way optional dependencies are imported.
+
+    Examples
+    --------
+    >>> import_optional("json", "never needed").__name__
+    'json'
+    >>> import_optional("no_such_module", "pip install no-such-module")
+    Traceback (most recent call last):
+        ...
+    sktransfer.exceptions.MissingDependencyError: pip install no-such-module
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(message) from exc
+
+
 class NotFittedError(SktransferError, _SkNotFittedError):
     """The estimator is used before ``fit``.
 

@@ -51,7 +51,7 @@ from torch import nn
 from . import _runtime
 from ._validation import check_fitted, check_input
 from .backbones import Backbone, Pooling
-from .exceptions import BackboneError, InputError, MissingDependencyError
+from .exceptions import BackboneError, InputError, import_optional
 from .io import ImageDataset, ImageTransform, as_image_source
 
 __all__ = ["grad_cam", "plot_grad_cam"]
@@ -260,13 +260,11 @@ def _spatial_stage(ex: _Explained, layer) -> tuple[int, int]:
 
 
 def _captum():
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "Grad-CAM uses captum: pip install sktransfer[explain] (or pip install captum)."
-        ) from exc
-    return LayerGradCam, LayerAttribution
+    attr = import_optional(
+        "captum.attr",
+        "Grad-CAM uses captum: pip install sktransfer[explain] (or pip install captum).",
+    )
+    return attr.LayerGradCam, attr.LayerAttribution
 
 
 # --------------------------------------------------------------------------- computation
@@ -474,12 +472,9 @@ def plot_grad_cam(
     >>> [a.get_title() for a in fig.axes[:2]] == [str(c) for c in model.predict(X[:2])]
     True
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "plot_grad_cam draws with matplotlib: pip install sktransfer[explain]."
-        ) from exc
+    plt = import_optional(
+        "matplotlib.pyplot", "plot_grad_cam draws with matplotlib: pip install sktransfer[explain]."
+    )
     if not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha!r}.")
     cams, images, columns, classes, config = _compute(estimator, X, target, layer, batch_size)

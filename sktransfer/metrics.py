@@ -49,7 +49,7 @@ from sklearn.base import clone
 from sklearn.utils import check_array, check_consistent_length, column_or_1d
 from sklearn.utils.multiclass import check_classification_targets
 
-from .exceptions import InputError, MissingDependencyError
+from .exceptions import InputError, import_optional
 
 __all__ = ["logme_score", "rank_backbones", "make_logme_scorer", "logme_scorer", "LogMEScorer"]
 
@@ -391,12 +391,9 @@ def rank_backbones(
     >>> list(table.columns[:5])
     ['backbone', 'layer', 'logme', 'linear_probe_accuracy', 'linear_probe_std']
     """
-    try:
-        import pandas as pd
-    except ImportError as exc:  # pragma: no cover - pandas is in the dev extra
-        raise MissingDependencyError(
-            "rank_backbones returns a pandas DataFrame: pip install sktransfer[pandas]"
-        ) from exc
+    pd = import_optional(
+        "pandas", "rank_backbones returns a pandas DataFrame: pip install sktransfer[pandas]"
+    )
     from .extraction import PretrainedFeatureExtractor
 
     if isinstance(backbones, (str, Mapping)) or not isinstance(backbones, Iterable):

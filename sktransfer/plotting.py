@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .exceptions import InputError, MissingDependencyError
+from .exceptions import InputError, import_optional
 
 __all__ = ["plot_history"]
 
@@ -90,12 +90,10 @@ def plot_history(estimator, *, metrics: Sequence[str] = ("loss", "accuracy"), ax
     history = _history_of(estimator)
     if len(history) == 0:
         raise InputError("The history is empty: fit the estimator for at least one epoch first.")
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - matplotlib is in the dev extras
-        raise MissingDependencyError(
-            "plot_history needs matplotlib: pip install matplotlib (or sktransfer[explain])."
-        ) from exc
+    plt = import_optional(
+        "matplotlib.pyplot",
+        "plot_history needs matplotlib: pip install matplotlib (or sktransfer[explain]).",
+    )
 
     if ax is None:
         _, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
