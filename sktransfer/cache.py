@@ -381,8 +381,8 @@ def cached_prefix_inference(
     def compute(module, data, items, **kwargs):
         flat = run_inference(module, data, **{**run_kwargs, **kwargs})
         parts = np.split(flat, np.cumsum([int(np.prod(s)) for s in module.shapes])[:-1], axis=1)
-        for c, part in zip(module.cuts, parts):
-            part = part.reshape(len(items), *module.shapes[module.cuts.index(c)])
+        for c, shape, part in zip(module.cuts, module.shapes, parts):
+            part = part.reshape(len(items), *shape)
             ok = [r for r, i in enumerate(items) if item_keys[i] and np.isfinite(part[r]).all()]
             memory.put(keys[c], [item_keys[items[r]] for r in ok], [part[r] for r in ok])
             if c == cut:
