@@ -8,49 +8,202 @@ batch into a preallocated float32 array (memory bounded by the batch size).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from .exceptions import DeviceWarning, ItemLoadError, ItemLoadWarning
+from .exceptions import DeviceError, DeviceWarning, ItemLoadError, ItemLoadWarning
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _MAX_LISTED = 10
 
 
+_VALID_DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'mps'"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA falls back with a warning."""
+    """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA falls back with a warning.
+
+    A string torch does not know as a device raises :class:`DeviceError` listing the
+    valid ones (torch's own message is a bare ``RuntimeError``).
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("gpu")
+    Traceback (most recent call last):
+    ...
+    sktransfer.exceptions.DeviceError: device='gpu' is not a device. Valid: 'auto', 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'mps'.
+    """
     if isinstance(device, torch.device):
         device = str(device)
+    if not isinstance(device, str):
+        raise DeviceError(
+            f"device must be a str or torch.device, got {type(device).__name__}. Valid: {_VALID_DEVICES}."
+        )
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceError(f"device={device!r} is not a device. Valid: {_VALID_DEVICES}.") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device={device!r} is not supported. Valid: {_VALID_DEVICES}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device={device!r} requested but CUDA is not available; using the CPU.", DeviceWarning, stacklevel=3)
+        warnings.warn(
+            f"device={device!r} requested but CUDA is not available; using the CPU.",
+            DeviceWarning,
+            stacklevel=3,
+        )
+        return torch.device("cpu")
+    if dev.type == "mps" and not (
+        hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    ):
+        warnings.warn(
+            f"device={device!r} requested but MPS is not available; using the CPU.",
+            DeviceWarning,
+            stacklevel=3,
+        )
         return torch.device("cpu")
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) at or above which bf16 matrix kernels are native.
+_ONEDNN_BF16_ISAS = (
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512",
+    "AVX10_1_512_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+    "ALL",
+    "DEFAULT",
+)
+_CPU_FLAGS_REPORTED = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """What this CPU reports: model name, the flags that decide precision, native bf16.
+
+    Read once per process from ``/proc/cpuinfo`` (Linux), else from torch's own CPU
+    capability probes. ``native_bf16`` is True when the CPU has AVX512-BF16 or AMX-BF16
+    instructions and oneDNN is not limited below them (``ONEDNN_MAX_CPU_ISA``): only then
+    is bf16 autocast faster than fp32; elsewhere it is emulated and many times slower.
+
+    Examples
+    --------
+    >>> info = cpu_info()
+    >>> sorted(info)
+    ['flags', 'model', 'native_bf16']
+    >>> info["native_bf16"] == bool({"avx512_bf16", "amx_bf16"} & set(info["flags"])) or "ONEDNN_MAX_CPU_ISA" in os.environ
+    True
+    """
+    model, flags = _read_proc_cpuinfo()
+    if flags is None:  # not Linux: ask torch (private probes; failure means "no")
+        flags = set()
+        probes = {
+            "avx2": "_is_avx2_supported",
+            "avx512f": "_is_avx512_supported",
+            "avx512_bf16": "_is_avx512_bf16_supported",
+            "amx_tile": "_is_amx_tile_supported",
+        }
+        for flag, name in probes.items():
+            try:
+                if getattr(torch.cpu, name)():
+                    flags.add(flag)
+            except Exception:  # noqa: BLE001 - a capability probe must never break a fit
+                pass
+        if "amx_tile" in flags:
+            flags.add("amx_bf16")
+    native = bool({"avx512_bf16", "amx_bf16"} & flags)
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa and isa not in _ONEDNN_BF16_ISAS:
+        native = False
+    return {
+        "model": model or platform.processor() or platform.machine() or "unknown",
+        "flags": sorted(f for f in _CPU_FLAGS_REPORTED if f in flags),
+        "native_bf16": native,
+    }
+
+
+def _read_proc_cpuinfo() -> tuple[str | None, set | None]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return None, None
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+        if model is not None and flags is not None:
+            break
+    return model, flags
+
+
+def resolve_precision(
+    precision: str, device: torch.device, *, training: bool = False
+) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
 
-    ``"auto"`` is fp16 autocast on CUDA (bf16 where the GPU supports it) and
-    fp32 on the CPU.
+    ``"auto"``: on CUDA, bf16 where the GPU supports it, else fp16; on the CPU, bf16
+    for inference where the CPU has native bf16 (:func:`cpu_info`), fp32 elsewhere and
+    for training. An explicit ``"bf16"`` on a CPU without native bf16 warns once per
+    process that it is emulated and slow.
+
+    Examples
+    --------
+    >>> resolve_precision("fp32", torch.device("cpu")) is None
+    True
+    >>> resolve_precision("auto", torch.device("cpu"), training=True) is None
+    True
+    >>> resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_info()["native_bf16"] else None)
+    True
     """
     if precision == "fp32":
         return None
     if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and not training and cpu_info()["native_bf16"]:
+            return torch.bfloat16
+        return None
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_info()["native_bf16"]:
+            _warn_once(
+                "slow-bf16",
+                f"precision='bf16' on a CPU without native bf16 ({cpu_info()['model']}: no "
+                "AVX512-BF16 or AMX): bf16 is emulated there and many times slower than fp32. "
+                "Use precision='auto' (fp32 on this CPU) unless you need bf16's numbers.",
+            )
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
     raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(message, DeviceWarning, stacklevel=4)
 
 
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,7 +248,11 @@ def resolve_num_workers(num_workers: int | str) -> int:
     batch 32 78 vs 36. Each ``transform`` call would also fork a worker.
     """
     if num_workers == "auto":
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpus = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         return 0 if cpus <= 2 else min(4, cpus - 1)
     return int(num_workers)
 
@@ -108,7 +265,9 @@ def loader_kwargs(device: torch.device, num_workers: int) -> dict:
     return kw
 
 
-def prepare_module(module: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
+def prepare_module(
+    module: nn.Module, device: torch.device, channels_last: bool = True
+) -> nn.Module:
     """Move to ``device``; use channels_last memory format (faster convolutions on CPU and GPU)."""
     module = module.to(device)
     if channels_last:

@@ -141,10 +141,15 @@ def _device_info() -> dict:
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["bf16"] = "native" if torch.cuda.is_bf16_supported() else "no"
     else:
-        from .demo import _cpu_has_native_bf16
+        from ._runtime import cpu_info, resolve_precision
 
         # bf16 autocast runs on any CPU, but is only fast with AVX512-BF16 / AMX.
-        info["bf16"] = "native" if _cpu_has_native_bf16() else "emulated (slow)"
+        cpu = cpu_info()
+        info["cpu_model"] = cpu["model"]
+        info["cpu_flags"] = cpu["flags"]
+        info["bf16"] = "native" if cpu["native_bf16"] else "emulated (slow)"
+        auto = resolve_precision("auto", torch.device("cpu"))
+        info["precision_auto"] = "bf16" if auto is torch.bfloat16 else "fp32"
     return info
 
 
@@ -181,6 +186,10 @@ def _run_info(args: argparse.Namespace) -> int:
     dev = report["device"]
     where = f"cuda ({dev['cuda_device']})" if dev["cuda"] else "cpu (no CUDA device found)"
     print(f"\nDevice: {where}, bf16: {dev['bf16']}, {dev['cpu_threads']} CPU threads")
+    if not dev["cuda"]:
+        flags = ", ".join(dev["cpu_flags"]) or "none of avx2/avx512f/avx512_bf16/amx"
+        print(f"CPU: {dev['cpu_model']} ({flags})")
+        print(f"precision='auto' extracts in {dev['precision_auto']} on this CPU")
     print("\nVersions:")
     dist_width = max(map(len, report["versions"]))
     for dist, version in report["versions"].items():
@@ -228,12 +237,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-crops", type=_positive_int, metavar="N", help="random crops per photo (default: 60)"
     )
-    _add_runtime_options(
-        parser,
-        batch_size=True,
-        precision_help="inference precision; auto: bf16 on CPUs with native bf16, else the "
-        "extractor's default (fp32 on CPU, mixed precision on CUDA)",
-    )
+    _add_runtime_options(parser, batch_size=True)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--no-progress", action="store_true", help="do not show progress bars on stderr"
@@ -335,7 +339,8 @@ def _add_runtime_options(
     parser: argparse.ArgumentParser,
     *,
     batch_size: bool = False,
-    precision_help: str = "auto: mixed precision on CUDA, fp32 on the CPU (default: auto)",
+    precision_help: str = "auto: mixed precision on CUDA; on the CPU bf16 where it is native "
+    "(AVX512-BF16/AMX), else fp32 (default: auto)",
 ) -> None:
     """``--device`` and ``--precision`` (and the inference ``--batch-size``)."""
     if batch_size:
@@ -603,7 +608,9 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--random-state", type=int, metavar="SEED", help="seed of the split and the training"
     )
-    _add_runtime_options(parser)
+    _add_runtime_options(
+        parser, precision_help="auto: mixed precision on CUDA, fp32 on the CPU (default: auto)"
+    )
     parser.add_argument(
         "--checkpoint-dir",
         metavar="DIR",

@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from . import _runtime
 from .extraction import PretrainedFeatureExtractor
 
-__all__ = ["DemoResult", "run_demo", "demo_precision", "random_crops", "DEFAULT_N_DIGITS"]
+__all__ = ["DemoResult", "run_demo", "random_crops", "DEFAULT_N_DIGITS"]
 
 # All 1797 digits + 120 crops: about 20 s of extraction on an idle 2-core CPU with native
 # bf16 (~130 images/s), under a minute in fp32 (~45 images/s).
@@ -79,42 +79,6 @@ class DemoResult:
     @property
     def images_per_second(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else float("inf")
-
-
-def _cpu_has_native_bf16() -> bool:
-    # Private torch helpers; absent or failing means "don't know", i.e. no.
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except Exception:  # noqa: BLE001 - a capability probe must never break the demo
-            pass
-    return False
-
-
-def demo_precision(precision: str, device: torch.device) -> str:
-    """Resolve the demo's ``precision="auto"``.
-
-    The extractor's own ``"auto"`` is fp32 on the CPU. The demo prefers bf16
-    on CPUs with native bf16 instructions (AVX512-BF16 or AMX), where it
-    measured about 3x faster with the same accuracy; elsewhere it keeps the
-    extractor's choice.
-
-    Examples
-    --------
-    >>> demo_precision("fp32", torch.device("cpu"))
-    'fp32'
-    >>> demo_precision("auto", torch.device("cuda"))
-    'auto'
-    >>> demo_precision("auto", torch.device("cpu")) in ("bf16", "auto")  # depends on the CPU
-    True
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cpu" and _cpu_has_native_bf16():
-        return "bf16"
-    return "auto"
 
 
 def random_crops(
@@ -294,7 +258,8 @@ def run_demo(
         Crops per photo; default 60.
     precision, batch_size, device
         Passed to :class:`~sktransfer.PretrainedFeatureExtractor`;
-        ``precision="auto"`` is resolved by :func:`demo_precision`.
+        ``precision="auto"`` is bf16 on CPUs with native bf16, else fp32 (mixed
+        precision on CUDA), as in the extractor.
     progress : bool, default=True
         Show a progress bar (on stderr) during extraction.
     seed : int, default=0
@@ -333,17 +298,18 @@ def run_demo(
         raise ValueError(f"n_crops must be at least {_CV_FOLDS} (one per CV fold), got {n_crops}.")
 
     resolved_device = _runtime.resolve_device(device)
-    chosen = demo_precision(precision, resolved_device)
     start = time.perf_counter()
     extractor = PretrainedFeatureExtractor(
-        precision=chosen,
+        precision=precision,
         batch_size=batch_size,
         device=str(resolved_device),
         verbose=int(progress),
     ).fit()
     load_seconds = time.perf_counter() - start
     batch = _runtime.resolve_batch_size(extractor.batch_size, extractor.device_)
-    why = " (auto: this CPU has native bf16)" if precision == "auto" and chosen == "bf16" else ""
+    why = ""
+    if precision == "auto" and extractor.device_.type == "cpu":
+        why = " (auto: this CPU has native bf16)" if extractor.precision_ == "bf16" else " (auto: no native bf16 on this CPU)"
     print(
         "sktransfer demo: PretrainedFeatureExtractor() features + LogisticRegression, offline\n"
         f"backbone {extractor.backbone_.name} (loaded in {load_seconds:.1f} s), "

@@ -19,6 +19,7 @@ __all__ = [
     "MissingDependencyError",
     "NotFittedError",
     "CheckpointError",
+    "DeviceError",
     "TrainingDivergedError",
     "SktransferWarning",
     "ItemLoadWarning",
@@ -137,6 +138,19 @@ class CheckpointError(SktransferError, ValueError):
     Traceback (most recent call last):
         ...
     sktransfer.exceptions.CheckpointError: Checkpoint file not found: no-such-checkpoint.pt
+    """
+
+
+class DeviceError(SktransferError, ValueError):
+    """The ``device`` parameter names no device torch can use.
+
+    Examples
+    --------
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> PretrainedFeatureExtractor(device="gpu").fit()
+    Traceback (most recent call last):
+        ...
+    sktransfer.exceptions.DeviceError: device='gpu' is not a device. Valid: 'auto', 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'mps'.
     """
 
 

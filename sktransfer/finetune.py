@@ -707,7 +707,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return ("split", vs)
 
     def _amp_dtype(self, device):
-        dtype = _runtime.resolve_precision(self.precision, device)
+        dtype = _runtime.resolve_precision(self.precision, device, training=True)
         if dtype is torch.float16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
             dtype = torch.bfloat16  # bf16 trains without a gradient scaler
         return _runtime.precision_name(dtype)

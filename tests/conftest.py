@@ -45,11 +45,14 @@ def imagenet_sample(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def fitted_extractor():
-    """The default extractor, fitted once per session. Do not modify it in a test:
-    ``copy.deepcopy`` it first (cheaper than a new fit)."""
+    """The default extractor in fp32, fitted once per session. Do not modify it in a test:
+    ``copy.deepcopy`` it first (cheaper than a new fit).
+
+    fp32, not the default ``precision="auto"``: that is bf16 on CPUs with native bf16 and
+    fp32 elsewhere, and the features compared below must not depend on the CPU."""
     from sktransfer import PretrainedFeatureExtractor
 
-    return PretrainedFeatureExtractor().fit()
+    return PretrainedFeatureExtractor(precision="fp32").fit()
 
 
 def _make_image(color, size=(48, 40), seed=0) -> Image.Image:

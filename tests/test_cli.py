@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sktransfer import cli
+from sktransfer import _runtime, cli
 from sktransfer.demo import random_crops
+from sktransfer.exceptions import DeviceError
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +35,11 @@ def test_info_lists_the_bundled_backbone(capsys):
     assert re.search(r"Device: (cpu|cuda)", out)
     assert re.search(r"torch\s+\d+\.\d+", out)
     assert re.search(r"scikit-learn\s+\d+\.\d+", out)
+    if "Device: cpu" in out:  # the CPU, its precision flags and what precision="auto" picks
+        cpu = _runtime.cpu_info()
+        assert f"CPU: {cpu['model']}" in out
+        expected = "bf16" if cpu["native_bf16"] else "fp32"
+        assert f"precision='auto' extracts in {expected} on this CPU" in out
 
 
 def test_info_json_is_machine_readable(capsys):
@@ -123,7 +129,7 @@ def test_runtime_error_is_one_line_on_stderr_with_exit_1(capsys):
 
 
 def test_debug_shows_the_traceback():
-    with pytest.raises(RuntimeError, match="not-a-device"):
+    with pytest.raises(DeviceError, match="not-a-device"):
         cli.main(["demo", "--device", "not-a-device", "--debug"])
 
 

@@ -169,7 +169,7 @@ def test_linear_head_reproduces_the_pipeline_decision_function():
 
     rng = np.random.default_rng(0)
     X = rng.integers(0, 255, size=(30, 16, 16, 3), dtype=np.uint8)
-    extractor = PretrainedFeatureExtractor(tiny_cnn(16))
+    extractor = PretrainedFeatureExtractor(tiny_cnn(16), precision="fp32")
     for y in (rng.integers(0, 2, 30), rng.integers(0, 3, 30)):
         model = make_pipeline(
             extractor, StandardScaler(), PCA(5, whiten=True), LogisticRegression()
