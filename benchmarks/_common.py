@@ -96,12 +96,36 @@ def machine_info() -> dict:
         info["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         info["mkldnn_bf16"] = None
+    from sktransfer import _runtime
+
+    cpu = _runtime.cpu_info()
+    info["cpu_flags"] = cpu["flags"]  # of avx2, avx512f, avx512_bf16, amx_bf16, amx_tile
+    info["native_bf16"] = cpu["native_bf16"]
+    info["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    auto = _runtime.resolve_precision("auto", torch.device("cpu"))
+    info["precision_auto"] = _runtime.precision_name(auto)
+    info["git_commit"] = git_commit()
     for mod in ("torchvision", "timm", "embetter"):
         try:
             info[mod] = __import__(mod).__version__
         except (ImportError, AttributeError):
             info[mod] = None
     return info
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with "+dirty" when the work tree has changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def _cpu_model() -> str:

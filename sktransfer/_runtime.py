@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import platform
+import sys
 import warnings
 
 import numpy as np
@@ -194,6 +195,37 @@ def resolve_precision(
     if precision == "fp16":
         return torch.float16
     raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
+
+
+@contextlib.contextmanager
+def quiet_loading(verbose: int):
+    """Silence the progress bars that Hugging Face libraries print while weights load
+    (transformers' "Loading weights" bar), unless ``verbose``; restored afterwards.
+
+    Examples
+    --------
+    >>> with quiet_loading(0):
+    ...     pass
+    """
+    try:
+        from huggingface_hub import utils as hub
+    except ImportError:  # no Hugging Face library: nothing prints bars
+        yield
+        return
+    if verbose or hub.are_progress_bars_disabled():
+        yield
+        return
+    hub.disable_progress_bars()
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is not None:
+        tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tf_logging = sys.modules.get("transformers.utils.logging")  # may be imported meanwhile
+        if tf_logging is not None:
+            tf_logging.enable_progress_bar()  # re-enables the hub's bars too
+        hub.enable_progress_bars()
 
 
 _WARNED: set[str] = set()

@@ -12,15 +12,16 @@ Examples
 >>> from sktransfer.backbones import DataConfig
 >>> from PIL import Image
 >>> aug = make_augment("strong", DataConfig(input_size=32))
->>> aug(Image.new("RGB", (64, 48))).size
-(32, 32)
+>>> tuple(aug(Image.new("RGB", (64, 48))).shape)  # a float tensor, as resized
+(3, 32, 32)
 """
 
 from __future__ import annotations
 
 from .exceptions import InputError
+from .io import resample
 
-__all__ = ["PRESETS", "make_augment"]
+__all__ = ["PRESETS", "make_augment", "RandomResizedCrop"]
 
 PRESETS = ("light", "strong")
 
@@ -47,8 +48,8 @@ def make_augment(augment, data_config):
     >>> make_augment(None, DataConfig()) is None
     True
     >>> light = make_augment("light", DataConfig(input_size=24))
-    >>> light(Image.new("RGB", (60, 40))).size
-    (24, 24)
+    >>> tuple(light(Image.new("RGB", (60, 40))).shape)
+    (3, 24, 24)
     """
     if augment is None or augment is False or augment == "none":
         return None
@@ -61,12 +62,12 @@ def make_augment(augment, data_config):
     interp = InterpolationMode(data_config.interpolation)
     if augment == "light":
         return T.Compose(
-            [T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp, antialias=True), T.RandomHorizontalFlip()]
+            [RandomResizedCrop(size, (0.6, 1.0), data_config.interpolation), T.RandomHorizontalFlip()]
         )
     if augment == "strong":
         return T.Compose(
             [
-                T.RandomResizedCrop(size, scale=(0.3, 1.0), interpolation=interp, antialias=True),
+                RandomResizedCrop(size, (0.3, 1.0), data_config.interpolation),
                 T.RandomHorizontalFlip(),
                 T.RandomAffine(degrees=10, shear=10, interpolation=interp),
                 T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
@@ -75,3 +76,38 @@ def make_augment(augment, data_config):
     raise InputError(
         f"augment must be None, one of {PRESETS} or a callable transform; got {augment!r}."
     )
+
+
+class RandomResizedCrop:
+    """torchvision's random resized crop (same sampling of area and aspect ratio, from
+    torch's RNG), resampled by :func:`sktransfer.io.resample` like every other resize, so
+    images and arrays are augmented alike. Returns a float tensor (3, size, size).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from PIL import Image
+    >>> crop = RandomResizedCrop(16, scale=(0.5, 1.0))
+    >>> tuple(crop(Image.new("RGB", (40, 30))).shape), tuple(crop(torch.rand(3, 30, 40)).shape)
+    ((3, 16, 16), (3, 16, 16))
+    """
+
+    def __init__(self, size: int, scale=(0.08, 1.0), interpolation: str = "bilinear",
+                 ratio=(3 / 4, 4 / 3)):
+        self.size = size
+        self.scale = scale
+        self.interpolation = interpolation
+        self.ratio = ratio
+
+    def __call__(self, img):
+        from torchvision.transforms import RandomResizedCrop as _TorchvisionCrop
+
+        top, left, h, w = _TorchvisionCrop.get_params(img, list(self.scale), list(self.ratio))
+        box = (left, top, left + w, top + h)
+        return resample(img, (self.size, self.size), self.interpolation, box=box)
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomResizedCrop(size={self.size}, scale={self.scale}, "
+            f"interpolation={self.interpolation!r})"
+        )

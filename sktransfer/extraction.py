@@ -216,7 +216,8 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
     # ------------------------------------------------------------------ helpers
 
     def _load_backbone(self) -> Backbone:
-        bb = load_backbone(self.backbone, copy=True)  # never move or modify the user's module
+        with _runtime.quiet_loading(self.verbose):
+            bb = load_backbone(self.backbone, copy=True)  # never move or modify the user's module
         bb.eval().requires_grad_(False)
         return _runtime.prepare_module(bb, self.device_)
 

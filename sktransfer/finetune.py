@@ -720,7 +720,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return int(self.random_state)
 
     def _load_backbone(self) -> Backbone:
-        return load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
+        with _runtime.quiet_loading(self.verbose):
+            return load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
 
     def _resolve_unfreeze(self, backbone: Backbone) -> int:
         n = len(backbone.stage_names)

@@ -95,7 +95,7 @@ def test_finetune_with_memory_matches_without(images, tmp_path):
     ref = FineTuneClassifier(**kw).fit(paths, y)
     mem = joblib.Memory(str(tmp_path / "jl"), verbose=0)
     cached = FineTuneClassifier(memory=mem, **kw).fit(paths, y)
-    np.testing.assert_allclose(cached.predict_proba(paths), ref.predict_proba(paths), atol=1e-5)
+    np.testing.assert_allclose(cached.predict_proba(paths), ref.predict_proba(paths), rtol=1e-4, atol=1e-4)
     # a second fit (e.g. another grid candidate) is served from disk
     cache_mod.stats(reset=True)
     again = FineTuneClassifier(memory=mem, **{**kw, "lr": 1e-2}).fit(paths, y)
@@ -139,7 +139,7 @@ def test_freeze_depth_search_runs_the_frozen_bottom_once(images, tmp_path, monke
                       (2, shallow_first[0]), (0, shallow_first[1])]:  # fmt: skip
         plain = FineTuneClassifier(unfreeze=u, **kw).fit(paths, y)
         np.testing.assert_allclose(
-            fitted.predict_proba(paths), plain.predict_proba(paths), atol=1e-5
+            fitted.predict_proba(paths), plain.predict_proba(paths), rtol=1e-4, atol=1e-4
         )
 
 
@@ -156,7 +156,7 @@ def test_corrupt_or_partial_entries_are_recomputed(images, tmp_path):
     again = ext.transform(paths)
     assert cache_mod.stats()["misses"] == 1
     # the recomputed row ran in a batch of 1: equal up to float32 batch-composition noise
-    np.testing.assert_allclose(again, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(again, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_size_bound_evicts_least_recently_used(tmp_path):

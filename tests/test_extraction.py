@@ -51,14 +51,14 @@ def test_output_dtype_shape_and_attributes(fitted_extractor, folder_features, im
 def test_row_order_is_preserved(fitted_extractor, folder_features, image_paths):
     perm = np.random.default_rng(0).permutation(len(image_paths))
     F = fitted_extractor.transform([image_paths[i] for i in perm])
-    np.testing.assert_allclose(F, folder_features[perm], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(F, folder_features[perm], rtol=1e-4, atol=1e-4)
 
 
 def test_batch_size_independence(fitted_extractor, folder_features, image_paths):
     ext = copy.deepcopy(fitted_extractor)
     for batch_size in (1, 3, 64):
         F = ext.set_params(batch_size=batch_size).transform(image_paths)
-        np.testing.assert_allclose(F, folder_features, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(F, folder_features, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -66,12 +66,12 @@ def test_batch_size_independence(fitted_extractor, folder_features, image_paths)
     [("blocks.3", 80), ("blocks.0", 16), (5, 112), (-1, 1280), ("head", 1280), ("stem", 32)],
 )
 def test_layer(layer, n_features, image_paths, folder_features):
-    ext = PretrainedFeatureExtractor(layer=layer).fit()
+    ext = PretrainedFeatureExtractor(precision="fp32", layer=layer).fit()
     F = ext.transform(image_paths[:3])
     assert F.shape == (3, n_features) and ext.n_features_out_ == n_features
     assert len(ext.get_feature_names_out()) == n_features
     if n_features == 1280:
-        np.testing.assert_allclose(F, folder_features[:3], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(F, folder_features[:3], rtol=1e-4, atol=1e-4)
 
 
 def test_bad_layer_lists_valid_ones():
@@ -83,11 +83,11 @@ def test_bad_layer_lists_valid_ones():
 
 
 def test_pooling_modes(image_paths, folder_features):
-    mx = PretrainedFeatureExtractor(pooling="max").fit().transform(image_paths[:3])
+    mx = PretrainedFeatureExtractor(precision="fp32", pooling="max").fit().transform(image_paths[:3])
     assert mx.shape == (3, 1280)
     assert (mx >= folder_features[:3] - 1e-5).all()  # the max is at least the mean
     assert not np.allclose(mx, folder_features[:3])
-    ext = PretrainedFeatureExtractor(layer="blocks.6", pooling="flatten").fit()
+    ext = PretrainedFeatureExtractor(precision="fp32", layer="blocks.6", pooling="flatten").fit()
     assert ext.transform(image_paths[:2]).shape == (2, 320 * 7 * 7)
     with pytest.raises(BackboneError, match="feature map"):
         PretrainedFeatureExtractor(pooling="token").fit()
@@ -99,17 +99,17 @@ def test_feature_names_and_pandas_output(fitted_extractor, folder_features, imag
     assert (
         names[0] == "pretrainedfeatureextractor0" and names[-1] == "pretrainedfeatureextractor1279"
     )
-    ext = PretrainedFeatureExtractor().set_output(transform="pandas")
+    ext = PretrainedFeatureExtractor(precision="fp32").set_output(transform="pandas")
     df = ext.fit_transform(pd.Series(image_paths, name="path"))
     assert isinstance(df, pd.DataFrame)
     assert list(df.columns) == names.tolist()
     assert df.shape == folder_features.shape
-    np.testing.assert_allclose(df.to_numpy(), folder_features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(df.to_numpy(), folder_features, rtol=1e-4, atol=1e-4)
 
 
 def test_feature_names_in_from_dataframe(image_paths):
     df = pd.DataFrame({"path": image_paths[:2]})
-    ext = PretrainedFeatureExtractor().fit(df)
+    ext = PretrainedFeatureExtractor(precision="fp32").fit(df)
     assert ext.n_features_in_ == 1
     assert ext.feature_names_in_.tolist() == ["path"]
     with pytest.raises(ValueError, match="feature names"):
@@ -245,9 +245,9 @@ def test_load_digits(fitted_extractor):
     assert np.isfinite(F_images).all()
     assert len({row.tobytes() for row in F_images}) == 12
     F_flat = fitted_extractor.transform(digits.data[:4])  # (n, 64) rows are 8x8 images
-    np.testing.assert_allclose(F_flat, F_images[:4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(F_flat, F_images[:4], rtol=1e-4, atol=1e-4)
     F_frame = fitted_extractor.transform(pd.DataFrame(digits.data[:4]))  # a numeric table
-    np.testing.assert_allclose(F_frame, F_images[:4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(F_frame, F_images[:4], rtol=1e-4, atol=1e-4)
 
 
 def test_on_error_policy(fitted_extractor, image_paths, tmp_path):
@@ -257,7 +257,7 @@ def test_on_error_policy(fitted_extractor, image_paths, tmp_path):
     with pytest.raises(ItemLoadError, match="bad.png"):
         fitted_extractor.transform(X)
     with pytest.warns(ItemLoadWarning, match="1 of 3 items"):
-        F = PretrainedFeatureExtractor(on_error="warn").fit().transform(X)
+        F = PretrainedFeatureExtractor(precision="fp32", on_error="warn").fit().transform(X)
     assert np.isnan(F[1]).all()
     np.testing.assert_allclose(
         F[[0, 2]], fitted_extractor.transform([X[0], X[2]]), rtol=1e-5, atol=1e-5
@@ -325,3 +325,16 @@ def test_hymenoptera_pipeline(hymenoptera, record_property):
     record_property("hymenoptera_val_accuracy", acc)
     print(f"hymenoptera val accuracy (features + LogisticRegression): {acc:.3f}")
     assert acc >= 0.93
+
+
+def test_verbose_0_is_silent_while_loading(capfd):
+    """verbose=0 prints nothing: loading MiniLM used to print transformers' "Loading weights"
+    progress bar. verbose=1 leaves the libraries' bars on."""
+    pytest.importorskip("sentence_transformers")
+    quiet = PretrainedFeatureExtractor("all-MiniLM-L6-v2", verbose=0).fit()
+    assert quiet.transform(["a short text"]).shape == (1, 384)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    from huggingface_hub import utils as hub
+
+    assert not hub.are_progress_bars_disabled()  # restored after loading
