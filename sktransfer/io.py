@@ -572,6 +572,8 @@ def resample(
     >>> import torch
     >>> resample(torch.ones(3, 10, 20), (8, 4), "bicubic").shape
     torch.Size([3, 4, 8])
+    >>> float(resample(torch.full((3, 10, 20), 255, dtype=torch.uint8), (8, 4), "bicubic").max())
+    1.0
     >>> from PIL import Image
     >>> resample(Image.new("RGB", (20, 10), (255, 0, 0)), (8, 4), "bilinear", box=(0, 0, 10, 5))[:, 0, 0]
     tensor([1., 0., 0.])
@@ -580,8 +582,9 @@ def resample(
     if isinstance(img, Image.Image):
         planes, scale = [band.convert("F") for band in img.split()], 1.0 / 255.0
     else:
+        scale = 1.0 if img.dtype.is_floating_point else 1.0 / 255.0  # uint8 tensors: 0..255
         arrays = img.detach().to("cpu", torch.float32).numpy()
-        planes, scale = [Image.fromarray(np.ascontiguousarray(a), mode="F") for a in arrays], 1.0
+        planes = [Image.fromarray(np.ascontiguousarray(a), mode="F") for a in arrays]
     out = np.stack([np.asarray(p.resize(size, filt, box=box)) for p in planes])
     return torch.from_numpy(out).mul_(scale).clamp_(0.0, 1.0)
 

@@ -96,7 +96,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ext():
-    return PretrainedFeatureExtractor(SMALL, batch_size=4).fit()
+    return PretrainedFeatureExtractor(SMALL, batch_size=4, precision="fp32").fit()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_broken_file_raise_and_warn(name, corpus, ext, count_case):
     with pytest.raises(ItemLoadError, match=name.replace(".", r"\.")) as info:
         ext.transform(X)
     assert info.value.index == 2
-    warn_ext = PretrainedFeatureExtractor(SMALL, batch_size=4, on_error="warn").fit()
+    warn_ext = PretrainedFeatureExtractor(SMALL, batch_size=4, on_error="warn", precision="fp32").fit()
     with pytest.warns(ItemLoadWarning, match=name.replace(".", r"\.")):
         out = warn_ext.transform(X)
     assert np.isnan(out[2]).all()
