@@ -53,7 +53,9 @@ class Family:
     ----------
     modality : {"text", "image"}
     layers : str
-        Path of the ``nn.ModuleList`` of transformer layers inside the tower.
+        Path of the ``nn.ModuleList`` of transformer layers inside the tower (where
+        a transformers version keeps it elsewhere, the list of the model's own
+        hidden-state layer class, ``_can_record_outputs["hidden_states"]``, is used).
     norm : str or None
         The tower's module applied after the layers.
     norm_on : {"tokens", "pooled"}
@@ -422,11 +424,12 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
     Examples
     --------
     >>> import tempfile
-    >>> from transformers import ViTConfig, ViTModel
+    >>> from transformers import ViTConfig, ViTImageProcessor, ViTModel
     >>> folder = tempfile.mkdtemp()
     >>> cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
     ...                 num_attention_heads=2, intermediate_size=20)
     >>> ViTModel(cfg).save_pretrained(folder)
+    >>> ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     >>> bb = build_hf_backbone(folder, pretrained=True)
     >>> bb.stage_names, bb.modality, bb.data_config.input_size
     (['embeddings', 'layer.0', 'layer.1'], 'image', 32)
@@ -442,10 +445,9 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
         model = _load(path, pretrained)
     model.eval()
     tower_module, outer, family = _select_tower(model, path, tower)
-    layers = tower_module.get_submodule(family.layers)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise BackboneError(f"{path!r}: {family.layers!r} is not a list of layers.")
-    top = family.layers.split(".")[0]
+    layers_path = _layers_path(tower_module, family, path)
+    layers = tower_module.get_submodule(layers_path)
+    top = layers_path.split(".")[0]
     skip = {top, family.norm, family.head, "pooler"}
     parts = {n: m for n, m in tower_module.named_children() if n not in skip}
     config = tower_module.config if hasattr(tower_module, "config") else model.config
@@ -460,7 +462,7 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
     )
     forward_params = inspect.signature(tower_module.forward).parameters
     inputs = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in forward_params)
-    embeddings = Embeddings(tower_module, family.layers, parts, inputs)
+    embeddings = Embeddings(tower_module, layers_path, parts, inputs)
     name = name or str(source)
     if family.modality == "text":
         if st_modules is None:
@@ -491,6 +493,24 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
         name=name,
         num_prefix_tokens=head.num_prefix_tokens,
     )
+
+
+def _layers_path(tower: nn.Module, family: Family, path: str) -> str:
+    """Where the tower keeps its transformer layers: the declared path, else the
+    ``nn.ModuleList`` of the class the library records hidden states from."""
+    try:
+        declared = tower.get_submodule(family.layers)
+    except AttributeError:
+        declared = None
+    if isinstance(declared, nn.ModuleList) and len(declared) > 0:
+        return family.layers
+    recorded = getattr(tower, "_can_record_outputs", None) or {}
+    layer_cls = recorded.get("hidden_states")
+    if isinstance(layer_cls, type):
+        for name, module in tower.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) and isinstance(module[0], layer_cls):
+                return name
+    raise BackboneError(f"{path!r}: found no list of transformer layers in {type(tower).__name__}.")
 
 
 def _num_prefix_tokens(config, family: Family) -> int:
@@ -561,7 +581,14 @@ def image_data_config(path: str):
     if file.is_file():
         cfg = json.loads(file.read_text())
     else:  # a hub id: the library resolves the file
-        cfg = _tf().AutoImageProcessor.from_pretrained(path).to_dict()
+        try:
+            cfg = _tf().AutoImageProcessor.from_pretrained(path).to_dict()
+        except OSError as exc:
+            raise BackboneNotAvailableError(
+                f"{path!r} has no image processor config (preprocessor_config.json), so its "
+                "preprocessing is unknown: save the model's image processor beside it "
+                "(processor.save_pretrained(folder))."
+            ) from exc
     size = cfg.get("size") or {}
     size = {"shortest_edge": size} if isinstance(size, int) else size
     crop = cfg.get("crop_size") or {}
