@@ -429,7 +429,7 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
     >>> cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
     ...                 num_attention_heads=2, intermediate_size=20)
     >>> ViTModel(cfg).save_pretrained(folder)
-    >>> ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    >>> _ = ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     >>> bb = build_hf_backbone(folder, pretrained=True)
     >>> bb.stage_names, bb.modality, bb.data_config.input_size
     (['embeddings', 'layer.0', 'layer.1'], 'image', 32)
