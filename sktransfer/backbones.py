@@ -257,10 +257,13 @@ class Pooling(nn.Module):
 
     Parameters
     ----------
-    mode : {"avg", "max", "token", "cls", "none", "flatten"}
+    mode : {"auto", "avg", "max", "token", "cls", "last", "none", "flatten"}
         ``avg``/``max`` pool a feature map (N, C, H, W) over space or tokens
-        (N, T, D) over tokens; ``token``/``cls`` take the first token;
-        ``none``/``flatten`` flatten everything. Vectors (N, D) pass through.
+        (N, T, D) over tokens; ``token``/``cls`` take the first token, ``last``
+        the last one; ``none``/``flatten`` flatten everything. Vectors (N, D)
+        pass through. ``auto`` is the model's own pooling where the stage output
+        says how to pool itself (Hugging Face models: see
+        :mod:`sktransfer._sources.transformers`), ``avg`` otherwise.
 
     Examples
     --------
@@ -268,7 +271,7 @@ class Pooling(nn.Module):
     torch.Size([2, 5])
     """
 
-    MODES = ("avg", "max", "token", "cls", "none", "flatten")
+    MODES = ("auto", "avg", "max", "token", "cls", "last", "none", "flatten")
 
     def __init__(self, mode: str = "avg", num_prefix_tokens: int = 1):
         super().__init__()
@@ -278,12 +281,15 @@ class Pooling(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
 
     def forward(self, x):
+        pool = getattr(x, "pool", None)
+        if callable(pool):  # a stage output that knows the model's own pooling
+            return pool(self.mode)
         if isinstance(x, (tuple, list)):  # text stages: (hidden, layer mask, padding mask)
             return self._pool_tokens(x[0], x[-1])
         if self.mode in ("none", "flatten") or x.ndim == 2:
             return x.flatten(1)
         if x.ndim == 4:
-            if self.mode == "avg":
+            if self.mode in ("avg", "auto"):
                 return x.mean(dim=(2, 3))
             if self.mode == "max":
                 return x.amax(dim=(2, 3))
@@ -294,14 +300,18 @@ class Pooling(nn.Module):
         if x.ndim == 3:
             if self.mode in ("token", "cls"):
                 return x[:, 0]
+            if self.mode == "last":
+                return x[:, -1]
             body = x[:, self.num_prefix_tokens :] if x.shape[1] > self.num_prefix_tokens else x
-            return body.mean(dim=1) if self.mode == "avg" else body.amax(dim=1)
+            return body.amax(dim=1) if self.mode == "max" else body.mean(dim=1)
         return x.flatten(1)
 
     def _pool_tokens(self, hidden, mask):
         """Pool (N, T, D) token states ignoring padding (``mask`` is 1 for real tokens)."""
-        if self.mode in ("token", "cls"):
-            return hidden[:, 0]
+        if self.mode in ("token", "cls", "last"):
+            from ._sources.transformers import pool_tokens
+
+            return pool_tokens(hidden, mask, self.mode)
         if self.mode in ("none", "flatten"):
             # texts are padded per batch, so a flattened token sequence has no fixed width
             raise BackboneError(
@@ -309,7 +319,7 @@ class Pooling(nn.Module):
                 "different numbers of tokens; use 'avg', 'max' or 'cls' with a text backbone."
             )
         m = mask.to(hidden.dtype).unsqueeze(-1)
-        if self.mode == "avg":
+        if self.mode in ("avg", "auto"):
             return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
 
@@ -465,13 +475,13 @@ def load_backbone(
         return entry.builder(pretrained)
     if backbone.lower().endswith(_CHECKPOINT_SUFFIXES) or os.path.isfile(backbone):
         return _from_checkpoint(Path(backbone), pretrained)
-    from . import _text
+    from ._sources import transformers as hf
 
-    if _text.is_model_folder(backbone):
-        return _text.build_text_backbone(backbone, pretrained, backbone)
+    if hf.is_model_folder(backbone):
+        return hf.build_hf_backbone(backbone, pretrained, backbone)
     source, _, model_name = backbone.partition("/")
     if source == "hf" and model_name:
-        return _text.build_text_backbone(model_name, pretrained, backbone)
+        return hf.build_hf_backbone(model_name, pretrained, backbone)
     if source in ("torchvision", "tv") and model_name:
         return _torchvision_backbone(model_name, pretrained)
     if source in ("timm", "hf-hub") and model_name:
@@ -481,12 +491,13 @@ def load_backbone(
     if _is_timm_name(backbone):
         return _timm_backbone(backbone, pretrained)
     if "/" in backbone and source not in ("torchvision", "tv", "timm", "hf-hub"):
-        return _text.build_text_backbone(backbone, pretrained, backbone)  # a Hugging Face id
+        return hf.build_hf_backbone(backbone, pretrained, backbone)  # a Hugging Face id
     raise BackboneError(
         f"Unknown backbone {backbone!r}. Registered: {list_backbones()}; also any torchvision "
         "model ('torchvision/<name>'), any timm model ('timm/<name>'), a checkpoint path saved "
-        "with sktransfer.backbones.save_backbone, a Hugging Face text model id ('org/name' or "
-        "'hf/<id>') or local folder, an nn.Module or a BackboneSpec."
+        "with sktransfer.backbones.save_backbone, a Hugging Face model id ('org/name' or "
+        "'hf/<id>', '::text' for the text tower of CLIP/SigLIP) or local folder, an nn.Module "
+        "or a BackboneSpec."
     )
 
 

