@@ -720,7 +720,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return int(self.random_state)
 
     def _load_backbone(self) -> Backbone:
-        return load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
+        backbone = load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
+        return backbone.for_pooling(self.pooling)  # the last stage as this pooling needs it
 
     def _resolve_unfreeze(self, backbone: Backbone) -> int:
         n = len(backbone.stage_names)
