@@ -254,9 +254,15 @@ def split(
     modules = dict(root.named_modules()) if root is not None else dict(gm.named_modules())
 
     def path_of(n: fx.Node) -> str | None:
+        """The module a node belongs to: its target, or the module whose forward made it."""
         if n.op in ("call_module", "get_attr") and isinstance(n.target, str):
-            return n.target[len(strip) :] if n.target.startswith(strip) else n.target
-        return None
+            path = n.target
+        else:
+            stack = n.meta.get("nn_module_stack") or {}
+            if not stack:
+                return None
+            path = list(stack.values())[-1][0]
+        return path[len(strip) :] if path.startswith(strip) else path
 
     def uses_params(n: fx.Node) -> bool:
         if n.op == "get_attr":
@@ -265,16 +271,20 @@ def split(
             return any(True for _ in gm.get_submodule(n.target).parameters())
         return False
 
-    # group key per parameter node, in graph order; a group of only normalization
-    # layers (a final norm, a conv's BatchNorm) joins the group before it
+    # group key of every node inside a group's modules (parameter-free steps of a block,
+    # such as a residual add or a reshape, belong to the block); in graph order. A group
+    # of only normalization layers (a final norm, a conv's BatchNorm) joins the one before.
     keys: dict[int, object] = {}
     members: dict[object, list[fx.Node]] = {}
     for i, n in enumerate(nodes):
+        path = path_of(n)
+        k = key_of_path(path) if path else None
+        if k is None:
+            continue
+        keys[i] = k
+        members.setdefault(k, [])
         if uses_params(n):
-            k = key_of_path(path_of(n))
-            if k is not None:
-                keys[i] = k
-                members.setdefault(k, []).append(n)
+            members[k].append(n)
     def is_norm(n: fx.Node) -> bool:
         owner = n.target if n.op == "call_module" else n.target.rpartition(".")[0]
         return isinstance(modules.get(owner), _NORMS)
@@ -282,7 +292,7 @@ def split(
     order = list(members)
     merged = {}
     for j, k in enumerate(order):
-        norm_only = all(is_norm(n) for n in members[k])
+        norm_only = bool(members[k]) and all(is_norm(n) for n in members[k])
         merged[k] = merged[order[j - 1]] if (norm_only and j > 0) else j
     params = [n[len(strip):] if n.startswith(strip) else n for n, _ in gm.named_parameters()]
     cut_ok = _single_live_cuts(nodes)
@@ -420,7 +430,7 @@ def verify(stages, unpooled, reference: Callable[[torch.Tensor], torch.Tensor], 
     return want
 
 
-def example_input(config: DataConfig, batch: int = 2) -> torch.Tensor:
+def example_input(config: DataConfig, batch: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randn(batch, config.in_chans, config.input_size, config.input_size, generator=g)
 
