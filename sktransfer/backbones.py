@@ -273,7 +273,8 @@ def load_backbone(
     source, _, model_name = backbone.partition("/")
     if source == "hf" and model_name:
         return _text.build_text_backbone(model_name, pretrained, backbone)
-    from ._sources import timm as timm_source, torchvision as tv_source
+    from ._sources import timm as timm_source
+    from ._sources import torchvision as tv_source
 
     if source in ("torchvision", "tv") and model_name:
         return tv_source.build(model_name, pretrained)

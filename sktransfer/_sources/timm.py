@@ -111,9 +111,8 @@ def _group_key(model: nn.Module):
 
 
 def _tracer():
-    from timm.layers import _fx as timm_fx
-
     from timm.layers import DropBlock2d, DropPath
+    from timm.layers import _fx as timm_fx
 
     return _fx.Tracer(
         # stochastic depth stays a module, so it still follows train()/eval()
