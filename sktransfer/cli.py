@@ -439,7 +439,7 @@ def _configure_extract(parser: argparse.ArgumentParser) -> None:
 
 
 # Pooling.MODES, spelled out so that `--help` does not import torch (a test keeps them equal).
-_POOLING_MODES = ("auto", "avg", "max", "token", "cls", "last", "none", "flatten")
+_POOLING_MODES = ("auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last", "none", "flatten")
 
 
 def _shards_done(folder: Path) -> int:

@@ -44,14 +44,24 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         model name (``"torchvision/resnet50"``, ``"timm/convnext_tiny"``), a
         checkpoint saved by :func:`sktransfer.backbones.save_backbone`, or a
         module with its preprocessing (:class:`~sktransfer.backbones.BackboneSpec`).
+    pretrained : bool, default=True
+        ``False`` builds the same architecture with random weights, without any
+        download (as in :class:`~sktransfer.FineTuneClassifier`).
     layer : str, int or None, default=None
         Take features after this stage (``"blocks.3"``, or an index into
         ``backbone_.stage_names``); None means the final features.
-    pooling : {"auto", "avg", "max", "token", "cls", "last", "none", "flatten"}, default="auto"
-        How a feature map or token sequence becomes one vector per image.
-        ``"auto"``: the model's own embedding where the backbone declares one
-        (a sentence-transformers pipeline, CLIP's projected features, a decoder's
-        last token; see docs/text.md), else ``"avg"``.
+    pooling : {"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last", "none", "flatten"}, default="auto"
+        How a feature map or token sequence becomes one vector per image or text.
+        ``"auto"``: the model's own representation: at the last layer of a timm or
+        torchvision model its pre-logits (a ViT's class token after the final
+        norm, the pooled map of a CNN), for a sentence-transformers folder its
+        pooling and normalization, CLIP's projected features, a decoder's last
+        token (see docs/text.md); at an earlier layer, the mean over space or over
+        the patch tokens. ``"avg"``/``"mean"``: the mean over space or tokens (at
+        the last layer of a timm or torchvision model, its pre-logits, as
+        ``"auto"``). ``"token"``/``"cls"``: the class token; ``"last"``: the last
+        real token; ``"cls+mean"``: both, concatenated (the DINOv2 linear-probe
+        recipe); ``"max"``: the maximum.
     batch_size : int or "auto", default="auto"
         Images per forward pass. ``"auto"``: 8 on the CPU (larger batches
         measured slower there, see benchmarks/extract_throughput.py), 64 on CUDA.
@@ -113,6 +123,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
 
     _parameter_constraints = {
         "backbone": "no_validation",  # checked by load_backbone, which knows every source
+        "pretrained": ["boolean"],
         "layer": [str, Integral, None],
         "pooling": [StrOptions(set(Pooling.MODES))],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -128,6 +139,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         self,
         backbone="efficientnet_lite0",
         *,
+        pretrained=True,
         layer=None,
         pooling="auto",
         batch_size="auto",
@@ -139,6 +151,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         verbose=0,
     ):
         self.backbone = backbone
+        self.pretrained = pretrained
         self.layer = layer
         self.pooling = pooling
         self.batch_size = batch_size
@@ -179,8 +192,10 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         backbone = self._load_backbone()
         if X is not None:  # texts for a text backbone, images otherwise: say so now
             as_source(X, backbone.modality, check_files=False)
+        self.stop_ = backbone.stage_index(self.layer)
+        if self.stop_ == len(backbone.stages):  # the last stage, as this pooling needs it
+            backbone = _runtime.prepare_module(backbone.for_pooling(self.pooling), self.device_)
         self.backbone_ = backbone
-        self.stop_ = self.backbone_.stage_index(self.layer)
         self.transform_ = make_transform(self.backbone_)
         self.n_features_out_ = self._probe_n_features()
         return self
@@ -220,7 +235,8 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
 
     def _load_backbone(self) -> Backbone:
         with _runtime.quiet_loading(self.verbose):
-            bb = load_backbone(self.backbone, copy=True)  # never move or modify the user's module
+            # a copy: never move or modify the user's module
+            bb = load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
         bb.eval().requires_grad_(False)
         return _runtime.prepare_module(bb, self.device_)
 

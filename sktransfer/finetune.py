@@ -388,9 +388,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         ``"1024-512"`` give an MLP; see :func:`build_head`.
     head_dropout : float, default=0.0
         Dropout before each layer of the head.
-    pooling : {"auto", "avg", "max", "token", "cls", "last"}, default="auto"
+    pooling : {"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"}, default="auto"
         As in :class:`~sktransfer.PretrainedFeatureExtractor`: ``"auto"`` is the
-        model's own pooling where the backbone declares one, else ``"avg"``.
+        model's own representation (pre-logits, a sentence-transformers pipeline,
+        CLIP's projection), the head's input.
     lr : float, default=1e-3
         Learning rate of the head.
     backbone_lr_scale : float, default=0.1
@@ -482,7 +483,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "head": "no_validation",
         "head_dropout": [Interval(Real, 0, 1, closed="left")],
-        "pooling": [StrOptions({"auto", "avg", "max", "token", "cls", "last"})],
+        "pooling": [StrOptions({"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -723,7 +724,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _load_backbone(self) -> Backbone:
         with _runtime.quiet_loading(self.verbose):
-            return load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
+            backbone = load_backbone(self.backbone, pretrained=self.pretrained, copy=True)
+        return backbone.for_pooling(self.pooling)  # the last stage as this pooling needs it
 
     def _resolve_unfreeze(self, backbone: Backbone) -> int:
         n = len(backbone.stage_names)

@@ -157,52 +157,50 @@ def test_stage_index(lite0):
     [
         ("torchvision/resnet18", ["stem", "layer1", "layer2", "layer3", "layer4"]),
         ("resnet18", ["stem", "layer1", "layer2", "layer3", "layer4"]),  # plain name: torchvision
-        ("torchvision/mobilenet_v3_small", [f"features.{i}" for i in range(13)]),
+        # MobileNet V3's pre-logits come after the penultimate Linear of its classifier
+        (
+            "torchvision/mobilenet_v3_small",
+            ["stem", *[f"features.{i}" for i in range(1, 13)], "classifier"],
+        ),
     ],
 )
-def test_torchvision_split_composes_to_features(name, stage_names):
+def test_torchvision_split_composes_to_pre_logits(name, stage_names):
+    torch.manual_seed(0)
     bb = load_backbone(name, pretrained=False).eval()
     assert bb.stage_names == stage_names
     arch = name.rpartition("/")[2]
+    torch.manual_seed(0)  # the same random weights
     model = torchvision.models.get_model(arch, weights=None).eval()
-    _copy_weights_by_position(bb, model)
-    if hasattr(model, "features"):
-        body = model.features
-    else:  # ResNet: everything before avgpool and fc
-        body = nn.Sequential(*list(model.children())[:-2])
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    final = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    seen = {}
+    final.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(bb(x), body(x))
+        logits = model(x)
+        feats = bb(x)
+        torch.testing.assert_close(feats, seen["x"])
+        torch.testing.assert_close(bb.classifier(feats), logits)
+        # start/stop run a slice of the stages: prefix then suffix gives the whole
+        torch.testing.assert_close(bb(bb(x, stop=2), start=2), feats)
     cfg = bb.data_config
     assert (cfg.input_size, cfg.resize_size) == (224, 256)
     assert cfg.mean == backbones.IMAGENET_MEAN
-    assert bb.classifier is not None
 
 
-@pytest.mark.parametrize(
-    ("name", "n_stages", "has_classifier"),
-    [
-        ("timm/resnet18", 5, True),
-        # MobileNet-V3's classifier follows a 1x1 conv and ConvNeXt's a norm layer:
-        # neither applies to the pooled features, so the backbone has no classifier
-        ("timm/mobilenetv3_small_050", 7, False),
-        ("timm/convnext_atto", 5, False),
-    ],
-)
-def test_timm_split_composes_to_forward_features(name, n_stages, has_classifier):
+@pytest.mark.parametrize("name", ["timm/resnet18", "timm/mobilenetv3_small_050", "timm/convnext_atto"])
+def test_timm_split_composes_to_pre_logits(name):
+    torch.manual_seed(0)
     bb = load_backbone(name, pretrained=False).eval()
-    assert len(bb.stage_names) == n_stages and bb.stage_names[0] == "stem"
+    assert len(bb.stage_names) >= 4 and bb.stage_names[0] == "stem"
+    torch.manual_seed(0)
     model = timm.create_model(name.partition("/")[2], pretrained=False).eval()
-    skip = () if has_classifier else ("conv_head", "head", "classifier")
-    _copy_weights_by_position(bb, model, skip=skip)
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         feats = bb(x)
-        torch.testing.assert_close(feats, model.forward_features(x))
-        if has_classifier:
-            torch.testing.assert_close(bb.classifier(feats.mean((2, 3))), model(x))
-        else:
-            assert bb.classifier is None
+        ref = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(feats, ref)
+        # the classifier is the model's own, on the pre-logits
+        torch.testing.assert_close(bb.classifier(feats), model(x))
     cfg = timm.data.resolve_model_data_config(model)
     assert bb.data_config.input_size == cfg["input_size"][-1]
     assert bb.data_config.mean == tuple(cfg["mean"])
@@ -264,9 +262,9 @@ def test_wrong_architecture_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit this architecture") as info:
         load_backbone(BackboneSpec(arch="efficientnet_lite0", weights=path))
     msg = str(info.value)
-    assert "missing keys ['stages.1.0.conv_dw.weight'" in msg  # lite0 keys absent from the file
-    assert "unexpected keys ['stages.1.0.conv1.weight'" in msg  # resnet keys
-    assert "stages.0.0.weight: file (64, 3, 7, 7) vs model (32, 3, 3, 3)" in msg
+    assert "missing keys ['stages.0.0.weight'" in msg  # lite0 keys absent from the file
+    assert "unexpected keys ['stages.0.conv1.weight'" in msg  # resnet keys
+    assert "classifier.weight: file (1000, 512) vs model (1000, 1280)" in msg
     # a save_backbone file whose metadata names another architecture
     save_backbone(resnet, tmp_path / "mislabelled.pt", arch="efficientnet_lite0")
     with pytest.raises(CheckpointError, match="do not fit this architecture"):
@@ -436,4 +434,4 @@ def test_pooling_vectors_pass_through():
 
 def test_pooling_bad_mode():
     with pytest.raises(BackboneError, match="pooling must be one of"):
-        Pooling("mean")
+        Pooling("median")

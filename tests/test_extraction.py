@@ -147,7 +147,7 @@ def test_clone_is_unfitted_with_same_params(fitted_extractor):
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("batch_size", 0), ("pooling", "mean"), ("precision", "int8"), ("on_error", "skip"),
+    [("batch_size", 0), ("pooling", "median"), ("precision", "int8"), ("on_error", "skip"),
      ("num_workers", -1), ("layer", 1.5)],
 )  # fmt: skip
 def test_invalid_params_fail_at_fit(param, value):

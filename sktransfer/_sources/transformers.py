@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._backbone import pool_tokens  # noqa: F401 - used below, and re-exported
 from ..exceptions import BackboneError, BackboneNotAvailableError, import_optional
 
 TOWERS = ("vision", "text")
@@ -108,50 +109,6 @@ _TOWER_ATTR = {"vision": "vision_model", "text": "text_model"}
 
 
 # --------------------------------------------------------------------------- states
-
-
-def pool_tokens(hidden, mask, mode: str, num_prefix_tokens: int = 0):
-    """Pool token states ``hidden`` (N, T, D) into (N, D), ignoring padding.
-
-    Parameters
-    ----------
-    hidden : Tensor of shape (N, T, D)
-    mask : Tensor of shape (N, T) or None
-        1 for real tokens, 0 for padding; None means every token is real.
-    mode : {"avg", "max", "cls", "token", "last"}
-        Mean or maximum over the real tokens (over the tokens after the first
-        ``num_prefix_tokens`` when there is no mask), the first token, or the
-        last real token.
-    num_prefix_tokens : int, default=0
-
-    Examples
-    --------
-    >>> h = torch.arange(6.0).view(1, 3, 2)
-    >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), "avg").tolist()
-    [[1.0, 2.0]]
-    >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), "last").tolist()
-    [[2.0, 3.0]]
-    """
-    if mode in ("cls", "token"):
-        return hidden[:, 0]
-    if mode in ("none", "flatten"):
-        raise BackboneError(
-            f"pooling={mode!r} would give one vector per token, and texts have different numbers of "
-            "tokens; use 'auto', 'avg', 'max', 'cls' or 'last' with a text backbone."
-        )
-    if mask is None:
-        if mode == "last":
-            return hidden[:, -1]
-        body = hidden[:, num_prefix_tokens:] if hidden.shape[1] > num_prefix_tokens else hidden
-        return body.mean(1) if mode == "avg" else body.amax(1)
-    if mode == "last":  # the last position holding a real token (right or left padding)
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        idx = (mask.to(torch.long) * (positions + 1)).argmax(1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    if mode == "avg":
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
 
 
 class TokenState:
@@ -434,7 +391,7 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
     >>> bb.stage_names, bb.modality, bb.data_config.input_size
     (['embeddings', 'layer.0', 'layer.1'], 'image', 32)
     """
-    from ..backbones import Backbone
+    from .._backbone import Backbone
 
     path, tower = split_tower(source)
     st_folder = Path(path) / "modules.json"
@@ -575,7 +532,7 @@ def image_data_config(path: str):
     >>> cfg.input_size, cfg.resize_size, cfg.interpolation, cfg.mean
     (224, 256, 'bicubic', (0.5, 0.5, 0.5))
     """
-    from ..backbones import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+    from .._backbone import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 
     file = Path(path) / "preprocessor_config.json"
     if file.is_file():
