@@ -161,20 +161,20 @@ def test_token_pooling_modes_on_a_vit():
         "cls+mean": torch.cat([tokens[:, 0], tokens[:, npt:].mean(1)], 1),
     }
     for mode, ref in want.items():
-        ext = PretrainedFeatureExtractor(bb, pretrained=False, pooling=mode, batch_size=2).fit()
+        ext = PretrainedFeatureExtractor(bb, pretrained=False, pooling=mode, batch_size=2, precision="fp32").fit()
         net = ext._feature_net().eval()
         with torch.no_grad():
             _rows_match(net(x), ref)
         assert ext.n_features_out_ == ref.shape[1]
     # layer= gives an intermediate block's tokens, pooled
-    ext = PretrainedFeatureExtractor(bb, layer="blocks.1", pooling="cls").fit()
+    ext = PretrainedFeatureExtractor(bb, layer="blocks.1", pooling="cls", precision="fp32").fit()
     with torch.no_grad():
         assert ext._feature_net()(x).shape == (2, model.embed_dim)
 
 
 def test_pooling_that_needs_a_map_after_the_heads_pooling_is_refused():
     # MobileNet V3 (torchvision) pools, then runs Linear layers: no map at its last stage
-    ext = PretrainedFeatureExtractor("torchvision/mobilenet_v3_small", pretrained=False, pooling="max")
+    ext = PretrainedFeatureExtractor("torchvision/mobilenet_v3_small", pretrained=False, pooling="max", precision="fp32")
     with pytest.raises(BackboneError, match="layer='features.12'"):
         ext.fit()
 
@@ -216,7 +216,7 @@ def test_unfreeze_out_of_range_lists_the_groups():
 def test_extractor_pickles_with_a_traced_backbone():
     import pickle
 
-    ext = PretrainedFeatureExtractor("timm/test_vit", pretrained=False, pooling="cls+mean").fit()
+    ext = PretrainedFeatureExtractor("timm/test_vit", pretrained=False, pooling="cls+mean", precision="fp32").fit()
     X = np.random.default_rng(0).integers(0, 255, (2, 40, 40, 3), dtype=np.uint8)
     again = pickle.loads(pickle.dumps(ext))
     np.testing.assert_allclose(again.transform(X), ext.transform(X), rtol=1e-4, atol=1e-4)
@@ -227,7 +227,7 @@ def test_extractor_pickles_with_a_traced_backbone():
 
 def test_pretrained_false_needs_no_download():
     # before: PretrainedFeatureExtractor had no `pretrained` and always fetched weights
-    ext = PretrainedFeatureExtractor("timm/test_resnet", pretrained=False)
+    ext = PretrainedFeatureExtractor("timm/test_resnet", pretrained=False, precision="fp32")
     assert ext.get_params()["pretrained"] is False
     X = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     assert ext.fit(X).transform(X).shape == (2, ext.n_features_out_)
