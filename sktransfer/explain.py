@@ -5,7 +5,13 @@ feature map by the spatial mean of the gradient of a class logit with respect
 to it, sums the weighted channels, keeps the positive part and upsamples the
 result to the input size. Here the feature map is the output of the last
 backbone stage that still has a spatial extent (or the stage named by
-``layer=``), and the logit comes from the model's own head:
+``layer=``), and the logit comes from the model's own head. For a vision
+transformer (timm ViT, DeiT, DINOv2...), whose stages give tokens (N, T, D),
+the class and register tokens (``backbone.num_prefix_tokens``) are left out
+and the patch tokens are laid out on their grid (N, D, h, w), h = w =
+sqrt(T - prefix); with a class-token head that is the input of the last
+block (whose output reaches the class token only through that token), the
+usual choice for Grad-CAM on ViTs. The model explained can be:
 
 * a fitted :class:`~sktransfer.FineTuneClassifier`: its head (linear or MLP)
   on the pooled backbone output;
@@ -217,10 +223,54 @@ def _explained(estimator) -> _Explained:
     )
 
 
-def _spatial_stage(ex: _Explained, layer) -> tuple[int, int]:
+class _PatchGrid(nn.Module):
+    """Patch tokens (N, h * w, D) as a feature map (N, D, h, w): the layer Grad-CAM hooks."""
+
+    def __init__(self, grid: tuple[int, int]):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, patches):
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *self.grid)
+
+
+class _TokensAsMap(nn.Module):
+    """A token stage whose patch tokens pass through a :class:`_PatchGrid` and back.
+
+    The values are unchanged; the class (and register) tokens bypass the grid, so the
+    gradient Grad-CAM reads at ``self.grid`` is that of the patch tokens on their grid."""
+
+    def __init__(self, stage: nn.Module, num_prefix_tokens: int, grid: tuple[int, int]):
+        super().__init__()
+        self.stage = stage
+        self.num_prefix_tokens = num_prefix_tokens
+        self.grid = _PatchGrid(grid)
+
+    def forward(self, x):
+        tokens = self.stage(x)
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
+        fmap = self.grid(patches)
+        return torch.cat([prefix, fmap.flatten(2).transpose(1, 2)], dim=1)
+
+
+def _token_grid(shape, num_prefix_tokens: int) -> tuple[int, int] | None:
+    """The patch grid (h, w) of a token output (N, T, D) of a square input: the tokens
+    after the ``num_prefix_tokens`` class/register tokens, when they form a square of
+    more than one position; None otherwise."""
+    if shape is None or len(shape) != 3:
+        return None
+    n_patches = shape[1] - num_prefix_tokens
+    side = math.isqrt(max(n_patches, 0))
+    if side < 2 or side * side != n_patches:
+        return None
+    return side, side
+
+
+def _spatial_stage(ex: _Explained, layer) -> tuple[int, tuple[int, int] | None, int]:
     """Index of the stage whose output Grad-CAM uses (``layer``, or the last one that
-    gives a feature map (N, C, H, W) with more than one position) and the number of
-    the model's outputs."""
+    gives a feature map (N, C, H, W) with more than one position, or patch tokens
+    (N, T, D) on a square grid), that grid ``(h, w)`` for tokens (None for a map), and
+    the number of the model's outputs."""
     bb = ex.backbone
     cfg = bb.data_config
     x = torch.zeros(1, cfg.in_chans, cfg.input_size, cfg.input_size, device=ex.device)
@@ -228,12 +278,20 @@ def _spatial_stage(ex: _Explained, layer) -> tuple[int, int]:
     with torch.no_grad():
         for stage in ex.net.stages:
             x = stage(x)
-            out = x[0] if isinstance(x, (tuple, list)) else x
-            shapes.append(tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+            # only plain tensors can be hooked and reshaped (not the text/HF stage states)
+            shapes.append(tuple(x.shape) if isinstance(x, torch.Tensor) else None)
         n_outputs = int(ex.net.head(ex.net.pool(x)).shape[1])
 
-    def spatial(shape) -> bool:
+    def feature_map(shape) -> bool:
         return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
+
+    def usable(shape) -> bool:
+        return feature_map(shape) or _token_grid(shape, bb.num_prefix_tokens) is not None
+
+    def result(index):
+        shape = shapes[index]
+        grid = None if feature_map(shape) else _token_grid(shape, bb.num_prefix_tokens)
+        return index, grid, n_outputs
 
     names = bb.stage_names[: ex.stop]
     if layer is not None:
@@ -242,21 +300,33 @@ def _spatial_stage(ex: _Explained, layer) -> tuple[int, int]:
             raise BackboneError(
                 f"layer={layer!r} comes after the stages this model uses ({names})."
             )
-        if not spatial(shapes[index]):
+        if not usable(shapes[index]):
             raise BackboneError(
-                f"Grad-CAM needs a spatial feature map (N, C, H, W); stage {names[index]!r} of "
-                f"{bb.name!r} gives {shapes[index]}."
+                f"Grad-CAM needs a spatial feature map (N, C, H, W) or patch tokens (N, T, D) on "
+                f"a square grid; stage {names[index]!r} of {bb.name!r} gives {shapes[index]}."
             )
-        return index, n_outputs
+        return result(index)
     for index in range(len(shapes) - 1, -1, -1):
-        if spatial(shapes[index]):
-            return index, n_outputs
+        if usable(shapes[index]):
+            return result(index)
     listed = ", ".join(f"{n}: {s}" for n, s in zip(names, shapes))
     raise BackboneError(
-        f"Grad-CAM needs a spatial feature map (N, C, H, W) with H x W > 1, and no stage of "
-        f"backbone {bb.name!r} gives one ({listed}). Token (N, T, D) and vector (N, D) outputs, "
-        "as from transformers or pooled networks, are not supported."
+        f"Grad-CAM needs a spatial feature map (N, C, H, W) with H x W > 1, or patch tokens "
+        f"(N, T, D) after {bb.num_prefix_tokens} class/register token(s) on a square grid, and "
+        f"no stage of backbone {bb.name!r} gives one ({listed}). Vector (N, D) outputs, as "
+        "from pooled networks, are not supported."
     )
+
+
+def _hooked_net(ex: _Explained, index: int, grid) -> tuple[nn.Module, nn.Module]:
+    """The network to run and the layer whose output Grad-CAM reads: the stage itself for
+    a feature map, or, for tokens, a reshape of its patch tokens to ``grid``."""
+    if grid is None:
+        return ex.net, ex.net.stages[index]
+    stages = list(ex.net.stages)
+    stages[index] = _TokensAsMap(stages[index], ex.backbone.num_prefix_tokens, grid)
+    net = _ImagesToLogits(stages, ex.net.pool, ex.net.head)
+    return net, stages[index].grid
 
 
 def _captum():
@@ -320,9 +390,10 @@ def _compute(estimator, X, target, layer, batch_size: int):
     modes = {m: m.training for m in ex.net.modules()}
     ex.net.eval()  # BatchNorm statistics and no dropout, as in predict
     try:
-        index, n_outputs = _spatial_stage(ex, layer)
+        index, grid, n_outputs = _spatial_stage(ex, layer)
         wanted = _target_indices(target, ex.classes, n, n_outputs)
-        cam = LayerGradCam(ex.net, ex.net.stages[index])
+        net, hooked = _hooked_net(ex, index, grid)
+        cam = LayerGradCam(net, hooked)
         size = ex.backbone.data_config.input_size
         cams, images, columns = [], [], []
         for start in range(0, n, batch_size):
@@ -330,7 +401,7 @@ def _compute(estimator, X, target, layer, batch_size: int):
             x = _runtime.to_device(batch, ex.device)
             if wanted is None:
                 with torch.no_grad():
-                    cols = ex.net(x).argmax(dim=1)
+                    cols = net(x).argmax(dim=1)
             else:
                 cols = torch.as_tensor(wanted[start : start + len(batch)], device=ex.device)
             attr = cam.attribute(x, target=cols.tolist(), relu_attributions=True)
@@ -368,7 +439,10 @@ def grad_cam(estimator, X, target=None, *, layer=None, batch_size: int = 16) -> 
         image's predicted class. For a regressor, the output index.
     layer : str, int or None, default=None
         Backbone stage whose output is the feature map. ``None``: the last
-        stage with a spatial output (N, C, H, W), H x W > 1.
+        stage with a spatial output: a map (N, C, H, W), H x W > 1, or
+        transformer tokens (N, T, D) whose patch tokens (after the
+        ``num_prefix_tokens`` class/register tokens) form a square grid,
+        which are reshaped to (N, D, h, w).
     batch_size : int, default=16
         Images per forward and backward pass.
 
@@ -383,8 +457,8 @@ def grad_cam(estimator, X, target=None, *, layer=None, batch_size: int = 16) -> 
     Raises
     ------
     BackboneError
-        When the backbone has no spatial feature map (transformer tokens,
-        pooled vectors), or ``layer`` is not a spatial stage.
+        When the backbone has no spatial feature map or patch-token grid
+        (pooled vectors only), or ``layer`` is not such a stage.
     TypeError
         For an estimator that is not one of the supported kinds.
     MissingDependencyError

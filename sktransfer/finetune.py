@@ -227,12 +227,18 @@ class _LabeledDataset(torch.utils.data.Dataset):
 
 
 class SkorchTransferNet(NeuralNetClassifier):
-    """skorch net whose optimizer holds only trainable parameters, in two groups
-    (head at ``lr``, backbone at ``lr * backbone_lr_scale``), with autocast (AMP)."""
+    """skorch net whose optimizer holds only trainable parameters, with autocast (AMP).
 
-    def __init__(self, *args, backbone_lr_scale=0.1, amp_dtype="fp32", **kwargs):
+    The head trains at ``lr`` and the top trainable backbone stage at ``lr *
+    backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
+    of the stage above (layer-wise learning-rate decay). With
+    ``layer_decay=1`` the backbone is one group at ``lr * backbone_lr_scale``.
+    """
+
+    def __init__(self, *args, backbone_lr_scale=0.1, layer_decay=1.0, amp_dtype="fp32", **kwargs):
         super().__init__(*args, **kwargs)
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
         self.amp_dtype = amp_dtype
 
     def get_all_learnable_params(self):
@@ -240,13 +246,31 @@ class SkorchTransferNet(NeuralNetClassifier):
             if param.requires_grad:
                 yield name, param
 
-    def initialize_optimizer(self, *args, **kwargs):
+    def _param_groups(self) -> list[dict]:
         named = list(self.get_all_learnable_params())
         head = [p for n, p in named if not n.startswith("backbone.")]
-        body = [p for n, p in named if n.startswith("backbone.")]
+        body = [(n, p) for n, p in named if n.startswith("backbone.")]
         groups = [{"params": head, "lr": self.lr}]
-        if body:
-            groups.append({"params": body, "lr": self.lr * self.backbone_lr_scale})
+        top_lr = self.lr * self.backbone_lr_scale
+        decay = getattr(self, "layer_decay", 1.0)  # nets pickled before layer_decay existed
+        if decay == 1.0:
+            if body:
+                groups.append({"params": [p for _, p in body], "lr": top_lr})
+            return groups
+        n_stages = len(self.module_.backbone.stages)
+        by_depth: dict[int, list] = {}
+        for name, param in body:
+            parts = name.split(".")
+            # backbone.stages.<i>.*; other backbone parameters (the pretrained
+            # classifier, unused in the forward) go with the top stage
+            stage = int(parts[2]) if parts[1] == "stages" else n_stages - 1
+            by_depth.setdefault(n_stages - 1 - stage, []).append(param)
+        for depth in sorted(by_depth):
+            groups.append({"params": by_depth[depth], "lr": top_lr * decay**depth})
+        return groups
+
+    def initialize_optimizer(self, *args, **kwargs):
+        groups = self._param_groups()
         kwargs = self.get_params_for("optimizer")
         kwargs.pop("lr", None)
         self.optimizer_ = self.optimizer(groups, lr=self.lr, **kwargs)
@@ -395,7 +419,16 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     lr : float, default=1e-3
         Learning rate of the head.
     backbone_lr_scale : float, default=0.1
-        Unfrozen backbone stages train at ``lr * backbone_lr_scale``.
+        Unfrozen backbone stages train at ``lr * backbone_lr_scale`` (the top
+        one, with ``layer_decay``).
+    layer_decay : float in (0, 1], default=1.0
+        Layer-wise learning-rate decay, as in BEiT and DINOv2 fine-tuning: the
+        top unfrozen stage trains at ``lr * backbone_lr_scale``, the one below
+        at ``lr * backbone_lr_scale * layer_decay``, the next at
+        ``lr * backbone_lr_scale * layer_decay**2``, and so on down to the lowest
+        unfrozen stage. ``1.0`` turns it off (every unfrozen stage at
+        ``lr * backbone_lr_scale``). A plain hyper-parameter: ``GridSearchCV``
+        can search it with ``unfreeze``.
     weight_decay : float, default=1e-4
     optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
     warmup_epochs : int, default=0
@@ -486,6 +519,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "pooling": [StrOptions({"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
+        "layer_decay": [Interval(Real, 0, 1, closed="right")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
@@ -517,6 +551,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         pooling="auto",
         lr=1e-3,
         backbone_lr_scale=0.1,
+        layer_decay=1.0,
         weight_decay=1e-4,
         optimizer="adamw",
         warmup_epochs=0,
@@ -545,6 +580,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.pooling = pooling
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
         self.weight_decay = weight_decay
         self.optimizer = optimizer
         self.warmup_epochs = warmup_epochs
@@ -831,6 +867,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             device=str(self.device_),
             verbose=self.verbose,
             backbone_lr_scale=self.backbone_lr_scale,
+            layer_decay=self.layer_decay,
             amp_dtype=amp,
             **kwargs,
         )

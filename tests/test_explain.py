@@ -249,3 +249,87 @@ def test_plot_grad_cam_draws_overlays(cnn_task):
             plot_grad_cam(clf, X[:3], ax=axes)
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- vision transformers
+
+
+@pytest.fixture(scope="module")
+def vit_task():
+    """A random-weight timm test_vit (160 px, patch 16: a 10 x 10 grid after the class
+    token), fine-tuned for one epoch on a few images."""
+    X, y, *_ = make_objects(8, 48, seed=0)
+    clf = FineTuneClassifier(
+        "timm/test_vit", pretrained=False, unfreeze=1, max_epochs=1, batch_size=4,
+        validation_split=None, random_state=0, verbose=0, precision="fp32",
+    ).fit(X, y)  # fmt: skip
+    return clf, X
+
+
+def _reference_token_cam(clf, X, stage_index, columns):
+    """Grad-CAM from the definition, with plain autograd: the patch tokens of stage
+    ``stage_index`` (row-major on their grid, as timm's patch embedding lays them out),
+    each channel weighted by its mean gradient."""
+    module = clf.net_.module_
+    backbone = module.backbone
+    p = backbone.num_prefix_tokens
+    size = backbone.data_config.input_size
+    x = torch.stack([clf.transform_(torch.from_numpy(im).permute(2, 0, 1)) for im in X])
+    was_training = module.training
+    module.eval()
+    try:
+        tokens = backbone(x, 0, stage_index + 1).detach().requires_grad_(True)
+        logits = module.head(module.pool(backbone(tokens, stage_index + 1, None)))
+        grads = torch.autograd.grad(logits[torch.arange(len(X)), columns].sum(), tokens)[0]
+    finally:
+        module.train(was_training)
+    patches, grads = tokens[:, p:].detach(), grads[:, p:]
+    side = int(round((tokens.shape[1] - p) ** 0.5))
+    cam = torch.relu((grads.mean(dim=1, keepdim=True) * patches).sum(dim=2))
+    cam = cam.view(len(X), 1, side, side)
+    cam = torch.nn.functional.interpolate(cam, (size, size), mode="bilinear")[:, 0]
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo)).view_as(cam).numpy()
+
+
+def test_vit_tokens_are_explained_on_their_patch_grid(vit_task):
+    clf, X = vit_task
+    module = clf.net_.module_
+    before = clf.predict_proba(X)
+    cams = grad_cam(clf, X)
+    size = clf.backbone_.data_config.input_size
+    assert cams.shape == (len(X), size, size) and cams.dtype == np.float32
+    assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
+    assert all(cam.std() > 1e-3 for cam in cams)  # not constant
+    # the default layer is the last token stage (the input of the last block: the last
+    # stage pools), and the maps are Grad-CAM's definition on its 10 x 10 patch grid
+    names = clf.backbone_.stage_names
+    np.testing.assert_allclose(cams, grad_cam(clf, X, layer=names[-2]), rtol=1e-4, atol=1e-4)
+    columns = np.searchsorted(clf.classes_, clf.predict(X))
+    reference = _reference_token_cam(clf, X, len(names) - 2, torch.as_tensor(columns))
+    np.testing.assert_allclose(cams, reference, rtol=1e-4, atol=1e-4)
+    # another token stage and a named target work; the model is left as it was
+    assert grad_cam(clf, X[:2], target="red", layer="blocks.0").shape == (2, size, size)
+    assert not any(m._forward_hooks for m in module.modules())
+    np.testing.assert_allclose(clf.predict_proba(X), before, rtol=1e-4, atol=1e-4)
+    # the last stage gives the pooled vector: no grid to explain
+    with pytest.raises(BackboneError, match=f"stage '{names[-1]}'"):
+        grad_cam(clf, X[:1], layer=names[-1])
+
+
+def test_token_grid_leaves_out_the_prefix_tokens():
+    from sktransfer.explain import _token_grid, _TokensAsMap
+
+    assert _token_grid((2, 1 + 49, 8), 1) == (7, 7)
+    assert _token_grid((2, 5 + 16, 8), 5) == (4, 4)  # class + 4 register tokens
+    assert _token_grid((2, 1 + 48, 8), 1) is None  # not a square grid
+    assert _token_grid((2, 1 + 1, 8), 1) is None  # a single position
+    assert _token_grid((2, 8), 1) is None and _token_grid((2, 8, 4, 4), 1) is None
+    # the reshape round trip leaves the tokens as they were
+    tokens = torch.randn(3, 5 + 16, 8)
+    wrapped = _TokensAsMap(nn.Identity(), 5, (4, 4))
+    torch.testing.assert_close(wrapped(tokens), tokens, rtol=0, atol=0)
+    fmap = wrapped.grid(tokens[:, 5:])
+    assert fmap.shape == (3, 8, 4, 4)
+    torch.testing.assert_close(fmap[:, :, 1, 2], tokens[:, 5 + 1 * 4 + 2], rtol=0, atol=0)

@@ -99,6 +99,106 @@ def test_unfrozen_stages_train_at_lower_lr(data):
     assert changed, "the unfrozen top stage did not train"
 
 
+# a random-weight ViT of 6 blocks: layer-wise tests fit in a fraction of a second
+TINY_VIT = {"backbone": "timm/test_vit", "pretrained": False, "max_epochs": 1}
+LR_TOL = {"rel": 1e-4, "abs": 1e-12}
+
+
+def _group_lrs_by_stage(clf):
+    """{stage index, "head" or "other": learning rate} of the optimizer's param groups.
+
+    "other" is a backbone parameter outside the stages (the pretrained classifier)."""
+    net = clf.net_.module_
+    stage_of = {id(p): i for i, st in enumerate(net.backbone.stages) for p in st.parameters()}
+    in_backbone = {id(p) for p in net.backbone.parameters()}
+    lrs = {}
+    for group in clf.net_.optimizer_.param_groups:
+        for p in group["params"]:
+            key = stage_of.get(id(p), "other" if id(p) in in_backbone else "head")
+            lrs.setdefault(key, set()).add(group["lr"])
+    assert all(len(v) == 1 for v in lrs.values()), lrs  # one rate per stage
+    return {k: v.pop() for k, v in lrs.items()}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_layer_decay_scales_each_unfrozen_stage(data, optimizer):
+    X, y = data
+    kw = {"optimizer__momentum": 0.5} if optimizer == "sgd" else {}
+    clf = _clf(
+        **TINY_VIT, unfreeze=3, lr=1e-3, backbone_lr_scale=0.1, layer_decay=0.5,
+        optimizer=optimizer, **kw,
+    ).fit(X, y)
+    n = len(clf.backbone_.stage_names)
+    lrs = _group_lrs_by_stage(clf)
+    assert set(lrs) - {"other"} == {"head", n - 1, n - 2, n - 3}
+    assert lrs["head"] == pytest.approx(1e-3, **LR_TOL)
+    assert lrs[n - 1] == pytest.approx(1e-4, **LR_TOL)
+    assert lrs[n - 2] == pytest.approx(5e-5, **LR_TOL)
+    assert lrs[n - 3] == pytest.approx(2.5e-5, **LR_TOL)
+    assert lrs.get("other", 1e-4) == pytest.approx(1e-4, **LR_TOL)  # with the top stage
+    # the optimizer still holds exactly the trainable parameters, and skorch's
+    # optimizer__ parameters reach every group
+    net = clf.net_.module_
+    groups = clf.net_.optimizer_.param_groups
+    assert {id(p) for g in groups for p in g["params"]} == {
+        id(p) for p in net.parameters() if p.requires_grad
+    }
+    if optimizer == "sgd":
+        assert all(g["momentum"] == 0.5 for g in groups)
+    assert all(g["weight_decay"] == pytest.approx(1e-4, **LR_TOL) for g in groups)
+
+
+def test_layer_decay_with_unfreeze_all(data):
+    X, y = data
+    clf = _clf(**TINY_VIT, unfreeze="all", lr=1e-2, backbone_lr_scale=1.0, layer_decay=0.8)
+    lrs = _group_lrs_by_stage(clf.fit(X, y))
+    n = len(clf.backbone_.stage_names)
+    for i in range(n):
+        assert lrs[i] == pytest.approx(1e-2 * 0.8 ** (n - 1 - i), **LR_TOL), i
+
+
+def test_layer_decay_one_keeps_the_two_groups(data):
+    X, y = data
+    default = _clf(**TINY_VIT, unfreeze=2).fit(X, y)
+    off = _clf(**TINY_VIT, unfreeze=2, layer_decay=1.0).fit(X, y)
+    n = len(default.backbone_.stage_names)
+    for clf in (default, off):
+        groups = clf.net_.optimizer_.param_groups
+        assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4], **LR_TOL)
+        names = {id(p): name for name, p in clf.net_.module_.named_parameters()}
+        head, body = ([names[id(p)] for p in g["params"]] for g in groups)
+        assert not any(name.startswith("backbone.") for name in head)
+        top = (f"backbone.stages.{n - 2}.", f"backbone.stages.{n - 1}.", "backbone.classifier.")
+        assert all(name.startswith(top) for name in body)
+    np.testing.assert_allclose(default.predict_proba(X), off.predict_proba(X), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, 1.5, -0.5])
+def test_invalid_layer_decay_is_refused_at_fit(data, bad):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, y = data
+    clf = _clf(**TINY_VIT, layer_decay=bad)  # __init__ stores it untouched
+    assert clf.layer_decay == bad
+    with pytest.raises(InvalidParameterError, match="layer_decay"):
+        clf.fit(X, y)
+
+
+def test_layer_decay_is_a_searchable_parameter(data):
+    clf = _clf(**TINY_VIT, unfreeze=2, layer_decay=0.5)
+    assert clf.get_params()["layer_decay"] == 0.5
+    c = clone(clf).set_params(layer_decay=0.75)
+    assert c.layer_decay == 0.75 and clone(c).get_params()["layer_decay"] == 0.75
+    X, y = data
+    search = GridSearchCV(_clf(**TINY_VIT, unfreeze=2), {"layer_decay": [1.0, 0.5]}, cv=2)
+    search.fit(X, y)
+    assert search.best_params_["layer_decay"] in (1.0, 0.5)
+    best = search.best_estimator_
+    assert best.layer_decay == search.best_params_["layer_decay"]
+    assert len(best.net_.optimizer_.param_groups) == (2 if best.layer_decay == 1.0 else 3)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
 def test_two_phase_training_unfreezes_after_warmup(data):
     X, y = data
     clf = _clf(unfreeze=2, warmup_epochs=1, max_epochs=3).fit(X, y)
