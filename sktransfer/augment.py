@@ -12,8 +12,8 @@ Examples
 >>> from sktransfer.backbones import DataConfig
 >>> from PIL import Image
 >>> aug = make_augment("strong", DataConfig(input_size=32))
->>> tuple(aug(Image.new("RGB", (64, 48))).shape)  # a float tensor, as resized
-(3, 32, 32)
+>>> aug(Image.new("RGB", (64, 48))).size
+(32, 32)
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def make_augment(augment, data_config):
     >>> make_augment(None, DataConfig()) is None
     True
     >>> light = make_augment("light", DataConfig(input_size=24))
-    >>> tuple(light(Image.new("RGB", (60, 40))).shape)
-    (3, 24, 24)
+    >>> light(Image.new("RGB", (60, 40))).size
+    (24, 24)
     """
     if augment is None or augment is False or augment == "none":
         return None
@@ -81,15 +81,15 @@ def make_augment(augment, data_config):
 class RandomResizedCrop:
     """torchvision's random resized crop (same sampling of area and aspect ratio, from
     torch's RNG), resampled by :func:`sktransfer.io.resample` like every other resize, so
-    images and arrays are augmented alike. Returns a float tensor (3, size, size).
+    images and arrays are augmented alike (a PIL image stays a PIL image).
 
     Examples
     --------
     >>> import torch
     >>> from PIL import Image
     >>> crop = RandomResizedCrop(16, scale=(0.5, 1.0))
-    >>> tuple(crop(Image.new("RGB", (40, 30))).shape), tuple(crop(torch.rand(3, 30, 40)).shape)
-    ((3, 16, 16), (3, 16, 16))
+    >>> crop(Image.new("RGB", (40, 30))).size, tuple(crop(torch.rand(3, 30, 40)).shape)
+    ((16, 16), (3, 16, 16))
     """
 
     def __init__(self, size: int, scale=(0.08, 1.0), interpolation: str = "bilinear",

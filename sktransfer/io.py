@@ -165,7 +165,7 @@ class ImageSource:
     >>> src = ImageSource("array", images=np.zeros((3, 8, 8, 1), dtype=np.uint8))
     >>> len(src), src.load(0).mode, src.load(0).size  # 8-bit grayscale: an RGB image
     (3, 'RGB', (8, 8))
-    >>> tuple(ImageSource("array", images=np.zeros((3, 8, 8, 1))).load(0).shape)  # float
+    >>> tuple(ImageSource("array", images=np.full((3, 8, 8, 1), 0.5)).load(0).shape)  # not 8-bit
     (3, 8, 8)
     >>> part = src.subset([2, 0])
     >>> len(part), part.original_index(0), part.describe(0)
@@ -202,6 +202,9 @@ class ImageSource:
         arr = self.images[i] if self.kind == "array" else _item_array_hwc(self.items[i], i)
         if arr.dtype == np.uint8:
             return _uint8_to_image(arr)
+        eight_bit = _as_8bit(arr)
+        if eight_bit is not None:  # e.g. uint8 pixels / 255: the very same image
+            return _uint8_to_image(eight_bit)
         return _array_to_tensor(arr, i)
 
     def file_paths(self) -> list[str] | None:
@@ -261,6 +264,21 @@ def _uint8_to_image(a: np.ndarray) -> Image.Image:
     c = a.shape[-1]
     a = np.ascontiguousarray(a[..., 0] if c == 1 else a)
     return to_rgb(Image.fromarray(a, _MODES_BY_CHANNELS[c]))
+
+
+def _as_8bit(a: np.ndarray) -> np.ndarray | None:
+    """``a`` as uint8 when it holds 8-bit pixels exactly (floats in [0, 1] that are
+    multiples of 1/255, as ``uint8 / 255`` gives), else None."""
+    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+        return None
+    lo, hi = float(a.min()), float(a.max())
+    if not (0.0 <= lo and hi <= 1.0):
+        return None
+    scaled = a.astype(np.float64) * 255.0
+    q = np.rint(scaled)
+    if np.abs(scaled - q).max() > 1e-3:
+        return None
+    return q.astype(np.uint8)
 
 
 def _array_to_tensor(a: np.ndarray, i: int) -> torch.Tensor:
@@ -348,7 +366,7 @@ def as_image_source(X: Any, *, check_files: bool = True) -> ImageSource:
     Examples
     --------
     >>> import numpy as np
-    >>> src = as_image_source(np.zeros((5, 8, 8), dtype=np.float32))
+    >>> src = as_image_source(np.full((5, 8, 8), 0.5, dtype=np.float32))
     >>> src.kind, len(src), tuple(src.load(0).shape)
     ('array', 5, (3, 8, 8))
     """
@@ -465,8 +483,8 @@ class ImageTransform:
     then a resize to ``input_size`` if the augmentation did not already give it.
 
     Every container is resized by the same implementation, :func:`resample`
-    (Pillow's filters, in 32-bit float), so a path, the PIL image, its uint8 array
-    and its float array give the same features.
+    (Pillow's filters), so a path, the PIL image, its uint8 array and its float
+    array (``uint8 / 255``) give the same features.
 
     Parameters
     ----------
@@ -485,8 +503,8 @@ class ImageTransform:
     (3, 32, 32)
     >>> pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     >>> as_8bit = t(Image.fromarray(pixels))
-    >>> as_float = t(torch.from_numpy(pixels / 255.0).permute(2, 0, 1))
-    >>> bool(torch.allclose(as_8bit, as_float, rtol=1e-4, atol=1e-4))
+    >>> as_float = t(torch.from_numpy(pixels / 255.0).permute(2, 0, 1))  # resampled in float
+    >>> float((as_8bit - as_float).abs().mean()) < 0.01  # the same image, up to 8-bit rounding
     True
     """
 
@@ -510,7 +528,7 @@ class ImageTransform:
 
             img = resample(img, _shorter_side_to(image_size(img), cfg.resize_size), cfg.interpolation)
             img = F.center_crop(img, [cfg.input_size, cfg.input_size])
-        if isinstance(img, Image.Image):  # an augmentation that gave the input size itself
+        if isinstance(img, Image.Image):  # 8-bit data
             t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
             t = t.float().div_(255.0)
         else:
@@ -561,30 +579,32 @@ def resample(
 ) -> torch.Tensor:
     """Resize ``img`` (or the region ``box`` of it) to ``size`` = (width, height).
 
-    The one resize of the data path: every image, whatever its container, is resampled
-    channel by channel as a 32-bit float image (Pillow mode ``"F"``, Pillow's filters),
-    so no container is rounded to 8 bits between the two passes of the filter or resized
-    by another library. Returns a float tensor (C, H, W) in [0, 1] (bicubic overshoot
-    clipped, as an 8-bit resize would).
+    The one resize of the data path: Pillow's filters for every container. 8-bit images
+    (files, PIL images, uint8 arrays, float arrays holding 8-bit values) are resampled
+    as RGB images; other data (16-bit, min-max scaled or fractional floats) channel by
+    channel as 32-bit float images (Pillow mode ``"F"``), so it is not rounded to 8 bits.
+    Returns a PIL image for a PIL image, else a float tensor (C, H, W) in [0, 1]
+    (bicubic overshoot clipped, as an 8-bit resize would).
 
     Examples
     --------
     >>> import torch
     >>> resample(torch.ones(3, 10, 20), (8, 4), "bicubic").shape
     torch.Size([3, 4, 8])
-    >>> float(resample(torch.full((3, 10, 20), 255, dtype=torch.uint8), (8, 4), "bicubic").max())
-    1.0
+    >>> resample(torch.full((3, 10, 20), 255, dtype=torch.uint8), (8, 4), "bicubic").getpixel((0, 0))
+    (255, 255, 255)
     >>> from PIL import Image
-    >>> resample(Image.new("RGB", (20, 10), (255, 0, 0)), (8, 4), "bilinear", box=(0, 0, 10, 5))[:, 0, 0]
-    tensor([1., 0., 0.])
+    >>> resample(Image.new("RGB", (20, 10)), (8, 4), "bilinear", box=(0, 0, 10, 5)).size
+    (8, 4)
     """
     filt = _PIL_RESAMPLE[interpolation]
+    if isinstance(img, torch.Tensor) and img.dtype == torch.uint8 and img.shape[0] == 3:
+        img = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy()), "RGB")
     if isinstance(img, Image.Image):
-        planes, scale = [band.convert("F") for band in img.split()], 1.0 / 255.0
-    else:
-        scale = 1.0 if img.dtype.is_floating_point else 1.0 / 255.0  # uint8 tensors: 0..255
-        arrays = img.detach().to("cpu", torch.float32).numpy()
-        planes = [Image.fromarray(np.ascontiguousarray(a), mode="F") for a in arrays]
+        return img.resize(size, filt, box=box)
+    scale = 1.0 if img.dtype.is_floating_point else 1.0 / 255.0  # other integer tensors
+    arrays = img.detach().to("cpu", torch.float32).numpy()
+    planes = [Image.fromarray(np.ascontiguousarray(a), mode="F") for a in arrays]
     out = np.stack([np.asarray(p.resize(size, filt, box=box)) for p in planes])
     return torch.from_numpy(out).mul_(scale).clamp_(0.0, 1.0)
 
