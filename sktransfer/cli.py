@@ -141,7 +141,7 @@ def _device_info() -> dict:
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["bf16"] = "native" if torch.cuda.is_bf16_supported() else "no"
     else:
-        from ._runtime import cpu_info, resolve_precision
+        from ._runtime import cpu_info, precision_name, resolve_precision
 
         # bf16 autocast runs on any CPU, but is only fast with AVX512-BF16 / AMX.
         cpu = cpu_info()
@@ -149,7 +149,7 @@ def _device_info() -> dict:
         info["cpu_flags"] = cpu["flags"]
         info["bf16"] = "native" if cpu["native_bf16"] else "emulated (slow)"
         auto = resolve_precision("auto", torch.device("cpu"))
-        info["precision_auto"] = "bf16" if auto is torch.bfloat16 else "fp32"
+        info["precision_auto"] = precision_name(auto)
     return info
 
 

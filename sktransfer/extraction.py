@@ -69,8 +69,8 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         ``"auto"`` uses CUDA when available, else the CPU.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         ``"auto"``: mixed precision (autocast) on CUDA; on the CPU, bf16 where the
-        CPU has native bf16 (AVX512-BF16 or AMX, about 2x faster, same ImageNet
-        top-1 in our benchmark) and fp32 elsewhere, where bf16 is emulated and
+        CPU has native bf16 (AVX512-BF16 or AMX: 1.4x to 1.8x the fp32 throughput,
+        same ImageNet top-1, in benchmarks/README.md) and fp32 elsewhere, where bf16 is emulated and
         many times slower (an explicit ``"bf16"`` there warns). ``sktransfer info``
         shows the choice for this machine.
     num_workers : int or "auto", default="auto"

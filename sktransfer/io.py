@@ -282,10 +282,9 @@ def _as_8bit(a: np.ndarray) -> np.ndarray | None:
 
 
 def _array_to_tensor(a: np.ndarray, i: int) -> torch.Tensor:
-    """(H, W, C) array -> float tensor (3, H, W) in [0, 1]."""
-    if a.dtype == np.uint8:
-        x = a.astype(np.float32) / 255.0
-    elif a.dtype == np.uint16:
+    """(H, W, C) array that is not 8-bit (uint8 goes through :func:`_uint8_to_image`)
+    -> float tensor (3, H, W) in [0, 1]."""
+    if a.dtype == np.uint16:
         x = a.astype(np.float32) / 65535.0
     elif a.dtype == np.bool_:
         x = a.astype(np.float32)
@@ -576,7 +575,7 @@ def image_size(img: Image.Image | torch.Tensor) -> tuple[int, int]:
 
 def resample(
     img: Image.Image | torch.Tensor, size: tuple[int, int], interpolation: str, box=None
-) -> torch.Tensor:
+) -> Image.Image | torch.Tensor:
     """Resize ``img`` (or the region ``box`` of it) to ``size`` = (width, height).
 
     The one resize of the data path: Pillow's filters for every container. 8-bit images
