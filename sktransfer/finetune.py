@@ -15,8 +15,6 @@ running the whole network every epoch.
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 import warnings
@@ -28,14 +26,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from skorch import NeuralNetClassifier
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import EarlyStopping
 from skorch.helper import predefined_split
-from skorch.history import History
 from torch import nn
 
 from . import _runtime
-from ._files import atomic_write
+from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
+from ._checkpoint import resume
+from ._transfer_net import SkorchTransferNet, TransferNet, _FromImages, _LabeledDataset, build_head
 from ._validation import (
     HasMethods,
     Interval,
@@ -47,7 +45,7 @@ from ._validation import (
 from .augment import make_augment
 from .backbones import Backbone, Pooling, build_stage_module, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
-from .exceptions import CheckpointError, DeviceWarning, InputError, TrainingDivergedError
+from .exceptions import DeviceWarning, InputError
 from .io import TextCollate, as_source, make_dataset, make_transform
 
 __all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
@@ -64,324 +62,6 @@ _SKORCH_PREFIXES = (
     "callbacks__",
     "criterion__",
 )
-
-
-# --------------------------------------------------------------------------- the network
-
-
-class TransferNet(nn.Module):
-    """Backbone stages + pooling + head, with the bottom ``n_frozen`` stages frozen.
-
-    Frozen stages have ``requires_grad=False``, run under ``no_grad`` and stay
-    in eval mode even when the network is put in train mode, so their
-    BatchNorm running statistics never change. ``input_stage`` says where the
-    inputs enter: 0 for images, ``k`` for activations cached after stage
-    ``k - 1`` (``len(stages)`` for pooled features).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch import nn
-    >>> from sktransfer.backbones import Backbone, DataConfig
-    >>> from sktransfer.finetune import TransferNet
-    >>> backbone = Backbone(
-    ...     [("conv", nn.Conv2d(3, 8, 3)), ("bn", nn.BatchNorm2d(8))], DataConfig(), name="tiny"
-    ... )
-    >>> net = TransferNet(backbone, nn.Linear(8, 2), n_frozen=1).train()
-    >>> net(torch.zeros(4, 3, 16, 16)).shape
-    torch.Size([4, 2])
-    >>> net.backbone.stages[0].training, net.backbone.stages[1].training
-    (False, True)
-    >>> [p.requires_grad for p in net.backbone.stages[0].parameters()]
-    [False, False]
-    """
-
-    def __init__(
-        self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.pool = Pooling(pooling, backbone.num_prefix_tokens)
-        self.head = head
-        self.input_stage = 0
-        self.freeze(n_frozen)
-
-    def freeze(self, n_frozen: int) -> TransferNet:
-        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
-        self.n_frozen = int(n_frozen)
-        for i, stage in enumerate(self.backbone.stages):
-            stage.requires_grad_(i >= self.n_frozen)
-        return self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for stage in self.backbone.stages[: self.n_frozen]:
-            stage.eval()
-        return self
-
-    def forward(self, x, start: int | None = None):
-        start = self.input_stage if start is None else start
-        if start < self.n_frozen:
-            with torch.no_grad():
-                x = self.backbone(x, start, self.n_frozen)
-            start = self.n_frozen
-        x = self.backbone(x, start, None)
-        return self.head(self.pool(x))
-
-
-class _FromImages(nn.Module):
-    """Runs a :class:`TransferNet` from raw images (used for prediction)."""
-
-    def __init__(self, net: TransferNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x, start=0)
-
-
-def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> nn.Module:
-    """Build the classification head.
-
-    Parameters
-    ----------
-    head : None, int, sequence of int, str, nn.Module or callable
-        ``None``: a linear layer. Hidden sizes (``512``, ``(1024, 512)`` or
-        ``"1024-512"``): an MLP with ReLU and ``dropout`` after each hidden
-        layer. An ``nn.Module`` is used as given (copied); a callable is called
-        as ``head(in_features, n_classes)``.
-    in_features, n_classes : int
-    dropout : float
-
-    Examples
-    --------
-    >>> build_head("64-32", 128, 3, dropout=0.5)
-    Sequential(
-      (0): Dropout(p=0.5, inplace=False)
-      (1): Linear(in_features=128, out_features=64, bias=True)
-      (2): ReLU()
-      (3): Dropout(p=0.5, inplace=False)
-      (4): Linear(in_features=64, out_features=32, bias=True)
-      (5): ReLU()
-      (6): Dropout(p=0.5, inplace=False)
-      (7): Linear(in_features=32, out_features=3, bias=True)
-    )
-    """
-    if isinstance(head, nn.Module):
-        module = copy.deepcopy(head)
-    elif callable(head) and not isinstance(head, (str, int)):
-        module = head(in_features, n_classes)
-    else:
-        if head is None:
-            hidden: list[int] = []
-        elif isinstance(head, str):
-            try:
-                hidden = [int(h) for h in head.replace(",", "-").split("-") if h.strip()]
-            except ValueError as exc:
-                raise InputError(f"head={head!r}: expected hidden sizes like '1024-512'.") from exc
-        elif isinstance(head, Integral):
-            hidden = [int(head)]
-        else:
-            hidden = [int(h) for h in head]
-        if any(h < 1 for h in hidden):
-            raise InputError(f"head hidden sizes must be >= 1, got {hidden}.")
-        layers: list[nn.Module] = []
-        prev = in_features
-        for h in hidden:
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            layers += [nn.Linear(prev, h), nn.ReLU()]
-            prev = h
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(prev, n_classes))
-        module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
-    with torch.no_grad():
-        out = module.eval()(torch.zeros(2, in_features))
-    if out.ndim != 2 or out.shape[1] != n_classes:
-        raise InputError(
-            f"The head must map (n, {in_features}) features to (n, {n_classes}) logits; "
-            f"it gives {tuple(out.shape)}."
-        )
-    return module
-
-
-# --------------------------------------------------------------------------- skorch parts
-
-
-class _LabeledDataset(torch.utils.data.Dataset):
-    """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
-
-    def __init__(self, X, y: np.ndarray):
-        self.X = X
-        self.y = y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        x = self.X[i]
-        if isinstance(x, tuple):
-            x = x[0]
-        return x, self.y[i]
-
-
-class SkorchTransferNet(NeuralNetClassifier):
-    """skorch net whose optimizer holds only trainable parameters, with autocast (AMP).
-
-    The head trains at ``lr`` and the top trainable backbone stage at ``lr *
-    backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
-    of the stage above (layer-wise learning-rate decay). With
-    ``layer_decay=1`` the backbone is one group at ``lr * backbone_lr_scale``.
-    """
-
-    def __init__(self, *args, backbone_lr_scale=0.1, layer_decay=1.0, amp_dtype="fp32", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backbone_lr_scale = backbone_lr_scale
-        self.layer_decay = layer_decay
-        self.amp_dtype = amp_dtype
-
-    def get_all_learnable_params(self):
-        for name, param in super().get_all_learnable_params():
-            if param.requires_grad:
-                yield name, param
-
-    def _param_groups(self) -> list[dict]:
-        named = list(self.get_all_learnable_params())
-        head = [p for n, p in named if not n.startswith("backbone.")]
-        body = [(n, p) for n, p in named if n.startswith("backbone.")]
-        groups = [{"params": head, "lr": self.lr}]
-        top_lr = self.lr * self.backbone_lr_scale
-        decay = getattr(self, "layer_decay", 1.0)  # nets pickled before layer_decay existed
-        if decay == 1.0:
-            if body:
-                groups.append({"params": [p for _, p in body], "lr": top_lr})
-            return groups
-        n_stages = len(self.module_.backbone.stages)
-        by_depth: dict[int, list] = {}
-        for name, param in body:
-            parts = name.split(".")
-            # backbone.stages.<i>.*; other backbone parameters (the pretrained
-            # classifier, unused in the forward) go with the top stage
-            stage = int(parts[2]) if parts[1] == "stages" else n_stages - 1
-            by_depth.setdefault(n_stages - 1 - stage, []).append(param)
-        for depth in sorted(by_depth):
-            groups.append({"params": by_depth[depth], "lr": top_lr * decay**depth})
-        return groups
-
-    def initialize_optimizer(self, *args, **kwargs):
-        groups = self._param_groups()
-        kwargs = self.get_params_for("optimizer")
-        kwargs.pop("lr", None)
-        self.optimizer_ = self.optimizer(groups, lr=self.lr, **kwargs)
-        return self
-
-    def infer(self, x, **fit_params):
-        # skorch would unpack a dict batch (tokenized text) into keyword arguments
-        device = torch.device(self.device)
-        x = _runtime.to_device(x, device)
-        with _runtime.autocast(device, _runtime.PRECISION_DTYPES[self.amp_dtype]):
-            out = self.module_(x, **fit_params)
-        return out.float()
-
-
-class _WarmupUnfreeze(Callback):
-    """Train only the head for ``epochs`` epochs, then unfreeze the backbone's
-    top stages and rebuild the optimizer (two-phase training)."""
-
-    def __init__(self, epochs=0, n_frozen=0):
-        self.epochs = epochs
-        self.n_frozen = n_frozen
-
-    def on_train_begin(self, net, **kwargs):
-        if len(net.history) < self.epochs:
-            net.module_.freeze(len(net.module_.backbone.stages))
-            net.initialize_optimizer()
-
-    def on_epoch_begin(self, net, **kwargs):
-        # skorch has already added this epoch's row to the history
-        if len(net.history) == self.epochs + 1 and net.module_.n_frozen != self.n_frozen:
-            net.module_.freeze(self.n_frozen)
-            net.initialize_optimizer()
-
-
-class _EpochCheckpoint(Callback):
-    """Save module, optimizer and history after each epoch, atomically (temp file + rename)."""
-
-    def __init__(self, path=None, classes=None):
-        self.path = path
-        self.classes = classes
-
-    def _save(self, net, finished):
-        history = json.loads(json.dumps(list(net.history), default=float))
-        payload = {
-            "format": _CHECKPOINT_FORMAT,
-            "classes": list(self.classes),
-            "finished": finished,
-            "module": {k: v.detach().cpu() for k, v in net.module_.state_dict().items()},
-            "optimizer": net.optimizer_.state_dict(),
-            "history": history,
-        }
-        atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
-
-    def on_epoch_end(self, net, **kwargs):
-        self._save(net, finished=False)
-
-    def on_train_end(self, net, **kwargs):
-        if len(net.history):
-            self._save(net, finished=True)
-
-
-_CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v1"
-
-
-def _resume(net, path, classes, warmup_epochs) -> int | None:
-    """Load the checkpoint at ``path`` into ``net``; return the epochs left (None: no checkpoint)."""
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location=net.device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
-        raise CheckpointError(
-            f"Could not read the fine-tuning checkpoint {path} ({type(exc).__name__}: {exc}). "
-            "Delete it to start over, or use another checkpoint_dir."
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a sktransfer fine-tuning checkpoint.")
-    if list(ckpt["classes"]) != list(classes.tolist()):
-        raise CheckpointError(
-            f"The checkpoint in {path} is for classes {ckpt['classes'][:10]}, but y has "
-            f"{classes.tolist()[:10]}. Use another checkpoint_dir or delete the file."
-        )
-    try:
-        net.module_.load_state_dict(ckpt["module"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"The checkpoint in {path} is for another architecture or head: {exc}"
-        ) from exc
-    net.history = History(ckpt["history"])
-    done = len(net.history)
-    if done < warmup_epochs:  # resume inside the head-only phase: freeze as it was
-        net.module_.freeze(len(net.module_.backbone.stages))
-        net.initialize_optimizer()
-    try:
-        net.optimizer_.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError):
-        pass  # the phase changed at this epoch: the new optimizer starts fresh
-    return 0 if ckpt.get("finished") else max(0, net.max_epochs - done)
-
-
-class _StopOnNonFinite(Callback):
-    """A NaN or infinite loss stops training with a clear error."""
-
-    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
-        if loss is not None and not torch.isfinite(loss.detach()).all():
-            epoch = len(net.history)
-            raise TrainingDivergedError(
-                f"The {'training' if training else 'validation'} loss became {loss.item()} in "
-                f"epoch {epoch}. Lower lr (now {net.lr}), check the inputs for extreme values, "
-                "or use precision='fp32'."
-            )
 
 
 # --------------------------------------------------------------------------- estimator
@@ -671,7 +351,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 net.set_params(train_split=None)
             epochs = None  # skorch's default: max_epochs
             if not continue_training and self.checkpoint_dir is not None:
-                epochs = _resume(net, self._checkpoint_path(), self.classes_, self.warmup_epochs)
+                epochs = resume(net, self._checkpoint_path(), self.classes_, self.warmup_epochs)
             self.net_.module_.input_stage = self.input_stage_
             try:
                 # partial_fit: the net was initialized by _build; fit would re-initialize it
@@ -804,11 +484,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.net_.initialize()
 
     def _make_net(self, module, amp, y_enc):
-        callbacks = [("stop_on_non_finite", _StopOnNonFinite())]
+        callbacks = [("stop_on_non_finite", StopOnNonFinite())]
         n_stages = len(module.backbone.stages)
         if self.warmup_epochs and module.n_frozen < n_stages:
             callbacks.append(
-                ("warmup_unfreeze", _WarmupUnfreeze(self.warmup_epochs, module.n_frozen))
+                ("warmup_unfreeze", WarmupUnfreeze(self.warmup_epochs, module.n_frozen))
             )
         if self.early_stopping:
             patience = 5 if self.early_stopping is True else int(self.early_stopping)
@@ -824,7 +504,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(
                 (
                     "epoch_checkpoint",
-                    _EpochCheckpoint(self._checkpoint_path(), self.classes_.tolist()),
+                    EpochCheckpoint(self._checkpoint_path(), self.classes_.tolist()),
                 )
             )
         callbacks += list(self.callbacks or [])

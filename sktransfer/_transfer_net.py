@@ -1,0 +1,232 @@
+"""The trainable network of the fine-tuning estimators: backbone stages, pooling and
+a head (:class:`TransferNet`), the head builder, and the skorch net that trains it
+(only trainable parameters in the optimizer, discriminative learning rates, AMP)."""
+
+from __future__ import annotations
+
+import copy
+from numbers import Integral
+
+import numpy as np
+import torch
+from skorch import NeuralNetClassifier
+from torch import nn
+
+from . import _runtime
+from ._backbone import Backbone, Pooling
+from .exceptions import InputError
+
+__all__ = ["SkorchTransferNet", "TransferNet", "build_head"]
+
+
+class TransferNet(nn.Module):
+    """Backbone stages + pooling + head, with the bottom ``n_frozen`` stages frozen.
+
+    Frozen stages have ``requires_grad=False``, run under ``no_grad`` and stay
+    in eval mode even when the network is put in train mode, so their
+    BatchNorm running statistics never change. ``input_stage`` says where the
+    inputs enter: 0 for images, ``k`` for activations cached after stage
+    ``k - 1`` (``len(stages)`` for pooled features).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sktransfer.backbones import Backbone, DataConfig
+    >>> from sktransfer.finetune import TransferNet
+    >>> backbone = Backbone(
+    ...     [("conv", nn.Conv2d(3, 8, 3)), ("bn", nn.BatchNorm2d(8))], DataConfig(), name="tiny"
+    ... )
+    >>> net = TransferNet(backbone, nn.Linear(8, 2), n_frozen=1).train()
+    >>> net(torch.zeros(4, 3, 16, 16)).shape
+    torch.Size([4, 2])
+    >>> net.backbone.stages[0].training, net.backbone.stages[1].training
+    (False, True)
+    >>> [p.requires_grad for p in net.backbone.stages[0].parameters()]
+    [False, False]
+    """
+
+    def __init__(
+        self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = Pooling(pooling, backbone.num_prefix_tokens)
+        self.head = head
+        self.input_stage = 0
+        self.freeze(n_frozen)
+
+    def freeze(self, n_frozen: int) -> TransferNet:
+        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
+        self.n_frozen = int(n_frozen)
+        for i, stage in enumerate(self.backbone.stages):
+            stage.requires_grad_(i >= self.n_frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for stage in self.backbone.stages[: self.n_frozen]:
+            stage.eval()
+        return self
+
+    def forward(self, x, start: int | None = None):
+        start = self.input_stage if start is None else start
+        if start < self.n_frozen:
+            with torch.no_grad():
+                x = self.backbone(x, start, self.n_frozen)
+            start = self.n_frozen
+        x = self.backbone(x, start, None)
+        return self.head(self.pool(x))
+
+
+class _FromImages(nn.Module):
+    """Runs a :class:`TransferNet` from raw images (used for prediction)."""
+
+    def __init__(self, net: TransferNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x, start=0)
+
+
+def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> nn.Module:
+    """Build the classification head.
+
+    Parameters
+    ----------
+    head : None, int, sequence of int, str, nn.Module or callable
+        ``None``: a linear layer. Hidden sizes (``512``, ``(1024, 512)`` or
+        ``"1024-512"``): an MLP with ReLU and ``dropout`` after each hidden
+        layer. An ``nn.Module`` is used as given (copied); a callable is called
+        as ``head(in_features, n_classes)``.
+    in_features, n_classes : int
+    dropout : float
+
+    Examples
+    --------
+    >>> build_head("64-32", 128, 3, dropout=0.5)
+    Sequential(
+      (0): Dropout(p=0.5, inplace=False)
+      (1): Linear(in_features=128, out_features=64, bias=True)
+      (2): ReLU()
+      (3): Dropout(p=0.5, inplace=False)
+      (4): Linear(in_features=64, out_features=32, bias=True)
+      (5): ReLU()
+      (6): Dropout(p=0.5, inplace=False)
+      (7): Linear(in_features=32, out_features=3, bias=True)
+    )
+    """
+    if isinstance(head, nn.Module):
+        module = copy.deepcopy(head)
+    elif callable(head) and not isinstance(head, (str, int)):
+        module = head(in_features, n_classes)
+    else:
+        if head is None:
+            hidden: list[int] = []
+        elif isinstance(head, str):
+            try:
+                hidden = [int(h) for h in head.replace(",", "-").split("-") if h.strip()]
+            except ValueError as exc:
+                raise InputError(f"head={head!r}: expected hidden sizes like '1024-512'.") from exc
+        elif isinstance(head, Integral):
+            hidden = [int(head)]
+        else:
+            hidden = [int(h) for h in head]
+        if any(h < 1 for h in hidden):
+            raise InputError(f"head hidden sizes must be >= 1, got {hidden}.")
+        layers: list[nn.Module] = []
+        prev = in_features
+        for h in hidden:
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(prev, n_classes))
+        module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    with torch.no_grad():
+        out = module.eval()(torch.zeros(2, in_features))
+    if out.ndim != 2 or out.shape[1] != n_classes:
+        raise InputError(
+            f"The head must map (n, {in_features}) features to (n, {n_classes}) logits; "
+            f"it gives {tuple(out.shape)}."
+        )
+    return module
+
+
+class _LabeledDataset(torch.utils.data.Dataset):
+    """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
+
+    def __init__(self, X, y: np.ndarray):
+        self.X = X
+        self.y = y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.X[i]
+        if isinstance(x, tuple):
+            x = x[0]
+        return x, self.y[i]
+
+
+class SkorchTransferNet(NeuralNetClassifier):
+    """skorch net whose optimizer holds only trainable parameters, with autocast (AMP).
+
+    The head trains at ``lr`` and the top trainable backbone stage at ``lr *
+    backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
+    of the stage above (layer-wise learning-rate decay). With
+    ``layer_decay=1`` the backbone is one group at ``lr * backbone_lr_scale``.
+    """
+
+    def __init__(self, *args, backbone_lr_scale=0.1, layer_decay=1.0, amp_dtype="fp32", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
+        self.amp_dtype = amp_dtype
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+    def _param_groups(self) -> list[dict]:
+        named = list(self.get_all_learnable_params())
+        head = [p for n, p in named if not n.startswith("backbone.")]
+        body = [(n, p) for n, p in named if n.startswith("backbone.")]
+        groups = [{"params": head, "lr": self.lr}]
+        top_lr = self.lr * self.backbone_lr_scale
+        decay = getattr(self, "layer_decay", 1.0)  # nets pickled before layer_decay existed
+        if decay == 1.0:
+            if body:
+                groups.append({"params": [p for _, p in body], "lr": top_lr})
+            return groups
+        n_stages = len(self.module_.backbone.stages)
+        by_depth: dict[int, list] = {}
+        for name, param in body:
+            parts = name.split(".")
+            # backbone.stages.<i>.*; other backbone parameters (the pretrained
+            # classifier, unused in the forward) go with the top stage
+            stage = int(parts[2]) if parts[1] == "stages" else n_stages - 1
+            by_depth.setdefault(n_stages - 1 - stage, []).append(param)
+        for depth in sorted(by_depth):
+            groups.append({"params": by_depth[depth], "lr": top_lr * decay**depth})
+        return groups
+
+    def initialize_optimizer(self, *args, **kwargs):
+        groups = self._param_groups()
+        kwargs = self.get_params_for("optimizer")
+        kwargs.pop("lr", None)
+        self.optimizer_ = self.optimizer(groups, lr=self.lr, **kwargs)
+        return self
+
+    def infer(self, x, **fit_params):
+        # skorch would unpack a dict batch (tokenized text) into keyword arguments
+        device = torch.device(self.device)
+        x = _runtime.to_device(x, device)
+        with _runtime.autocast(device, _runtime.PRECISION_DTYPES[self.amp_dtype]):
+            out = self.module_(x, **fit_params)
+        return out.float()
