@@ -277,3 +277,22 @@ def test_timm_offline_fails_fast_without_hf_hub_offline(tmp_path):
     assert out.stdout.split()[0] == "True", out.stderr[-2000:]
     assert float(out.stdout.split()[1]) < 15
     assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("source_name", ["timm", "torchvision"])
+def test_the_model_is_split_and_checked_before_any_download(source_name, monkeypatch):
+    # before: weights were fetched first and the model checked as supported afterwards
+    import importlib
+
+    source = importlib.import_module(f"sktransfer._sources.{source_name}")
+    fetched = []
+    monkeypatch.setattr(source, "_check_download", lambda *a, **k: fetched.append(a))
+
+    def refuse(*args, **kwargs):
+        raise BackboneError("this model cannot be split")
+
+    monkeypatch.setattr(source, "wrap", refuse)
+    name = "timm/test_resnet" if source_name == "timm" else "torchvision/squeezenet1_1"
+    with pytest.raises(BackboneError, match="cannot be split"):
+        load_backbone(name, pretrained=True)
+    assert fetched == []  # the download step was never reached
