@@ -300,11 +300,29 @@ def loader_kwargs(device: torch.device, num_workers: int) -> dict:
 def prepare_module(
     module: nn.Module, device: torch.device, channels_last: bool = True
 ) -> nn.Module:
-    """Move to ``device``; use channels_last memory format (faster convolutions on CPU and GPU)."""
+    """Move to ``device``; use channels_last memory format (faster convolutions on CPU and GPU).
+
+    Only 4-D parameters and buffers change layout: ``Module.to(memory_format=...)``
+    would also try 5-D buffers (Swin's attention masks) and fail.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> m = nn.Conv2d(3, 4, 3)
+    >>> m.register_buffer("mask", torch.zeros(2, 3, 4, 5, 6))
+    >>> m = prepare_module(m, torch.device("cpu"))
+    >>> m.weight.is_contiguous(memory_format=torch.channels_last), m.mask.shape
+    (True, torch.Size([2, 3, 4, 5, 6]))
+    """
     module = module.to(device)
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        module._apply(_channels_last_4d)
     return module
+
+
+def _channels_last_4d(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def to_device(x, device: torch.device, channels_last: bool = True):

@@ -333,3 +333,75 @@ def test_token_grid_leaves_out_the_prefix_tokens():
     fmap = wrapped.grid(tokens[:, 5:])
     assert fmap.shape == (3, 8, 4, 4)
     torch.testing.assert_close(fmap[:, :, 1, 2], tokens[:, 5 + 1 * 4 + 2], rtol=0, atol=0)
+
+
+def _reference_map_cam(clf, X, stage_index, columns):
+    """Grad-CAM from the definition on the (N, C, H, W) output of stage ``stage_index``."""
+    module = clf.net_.module_
+    backbone = module.backbone
+    size = backbone.data_config.input_size
+    x = torch.stack([clf.transform_(torch.from_numpy(im).permute(2, 0, 1)) for im in X])
+    was_training = module.training
+    module.eval()
+    try:
+        fmap = backbone(x, 0, stage_index + 1).detach().requires_grad_(True)
+        logits = module.head(module.pool(backbone(fmap, stage_index + 1, None)))
+        grads = torch.autograd.grad(logits[torch.arange(len(X)), columns].sum(), fmap)[0]
+    finally:
+        module.train(was_training)
+    cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * fmap.detach()).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, (size, size), mode="bilinear")[:, 0]
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo)).view_as(cam).numpy()
+
+
+def test_swin_fine_tunes_and_is_explained_on_its_channels_first_maps():
+    # before: fitting failed with "required rank 4 tensor to use channels_last format"
+    # (the traced Swin holds 5-D attention-mask constants that Module.to(memory_format=)
+    # tried to convert)
+    import timm
+
+    from sktransfer._sources.timm import wrap
+
+    torch.manual_seed(0)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16, depths=(2, 2, 2, 2),
+        num_heads=(1, 1, 1, 1),
+    )  # fmt: skip
+    backbone = wrap(swin, "timm/swin_tiny_patch4_window7_224")
+    assert any(b.dim() == 5 for b in backbone.buffers())
+    X, y, *_ = make_objects(6, 48, seed=1)
+    clf = FineTuneClassifier(
+        backbone, unfreeze=1, max_epochs=1, batch_size=3, validation_split=None,
+        random_state=0, verbose=0, precision="fp32",
+    ).fit(X, y)  # fmt: skip
+    names = clf.backbone_.stage_names
+    cams = grad_cam(clf, X[:3], layer=names[-2])
+    assert cams.shape == (3, 224, 224) and all(cam.std() > 1e-3 for cam in cams)
+    columns = torch.as_tensor(np.searchsorted(clf.classes_, clf.predict(X[:3])))
+    reference = _reference_map_cam(clf, X[:3], len(names) - 2, columns)
+    np.testing.assert_allclose(cams, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_hugging_face_vit_tokens_are_explained_on_their_patch_grid(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _hf_tiny import build_vision
+
+    torch.manual_seed(0)
+    folder = build_vision("vit", tmp_path)
+    X, y, *_ = make_objects(6, 48, seed=2)
+    clf = FineTuneClassifier(
+        str(folder), unfreeze=1, max_epochs=1, batch_size=3, validation_split=None,
+        random_state=0, verbose=0, precision="fp32",
+    ).fit(X, y)  # fmt: skip
+    names = clf.backbone_.stage_names
+    cams = grad_cam(clf, X[:3])
+    size = clf.backbone_.data_config.input_size
+    assert cams.shape == (3, size, size) and all(cam.std() > 1e-3 for cam in cams)
+    columns = torch.as_tensor(np.searchsorted(clf.classes_, clf.predict(X[:3])))
+    reference = _reference_token_cam(clf, X[:3], len(names) - 2, columns)
+    np.testing.assert_allclose(cams, reference, rtol=1e-4, atol=1e-4)
