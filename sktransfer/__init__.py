@@ -8,6 +8,7 @@ from .backbones import BackboneSpec, DataConfig, list_backbones, load_backbone, 
 from .datasets import load_image_folder
 from .extraction import PretrainedFeatureExtractor
 from .finetune import FineTuneClassifier
+from .serving import export
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,6 @@ __all__ = [
     "load_backbone",
     "register_backbone",
     "load_image_folder",
+    "export",
     "__version__",
 ]

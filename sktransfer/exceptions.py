@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "DeviceError",
     "TrainingDivergedError",
+    "ExportError",
     "SktransferWarning",
     "ItemLoadWarning",
     "DeviceWarning",
@@ -165,6 +166,21 @@ class TrainingDivergedError(SktransferError, RuntimeError):
     --------
     >>> issubclass(TrainingDivergedError, RuntimeError)
     True
+    """
+
+
+class ExportError(SktransferError, ValueError):
+    """A fitted estimator cannot be exported for serving (see :func:`sktransfer.export`):
+    not fitted, not an exportable estimator, or a layer the exporter cannot convert (the
+    message names it).
+
+    Examples
+    --------
+    >>> from sktransfer import PretrainedFeatureExtractor, export
+    >>> export(PretrainedFeatureExtractor(), "features.onnx")
+    Traceback (most recent call last):
+        ...
+    sktransfer.exceptions.ExportError: PretrainedFeatureExtractor is not fitted: call fit before export.
     """
 
 
