@@ -38,13 +38,24 @@ def check_fitted(estimator, attribute: str) -> None:
 
 
 def _is_dataframe(X) -> bool:
-    return hasattr(X, "columns") and hasattr(X, "iloc")
+    """A pandas or polars DataFrame (both carry column names sklearn records)."""
+    return hasattr(X, "columns") and (hasattr(X, "iloc") or _is_polars(X))
+
+
+def _is_polars(X) -> bool:
+    return type(X).__module__.split(".")[0] == "polars"
+
+
+def _numeric_dtype(dt) -> bool:
+    if hasattr(dt, "is_numeric"):  # polars
+        return bool(dt.is_numeric())
+    return getattr(dt, "kind", "O") in "biuf"
 
 
 def is_numeric_table(X) -> bool:
     """True for inputs sklearn would treat as a 2-D numeric table."""
     if _is_dataframe(X):
-        return all(getattr(dt, "kind", "O") in "biuf" for dt in X.dtypes)
+        return all(_numeric_dtype(dt) for dt in X.dtypes)
     if sp.issparse(X):  # validate_data then refuses it with sklearn's own message
         return True
     if isinstance(X, (str, bytes)) or not hasattr(X, "__len__"):

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from ._containers import LazyItems, from_data_library
 from .exceptions import InputError, ItemLoadError
 
 __all__ = [
@@ -216,6 +217,8 @@ class ImageSource:
         origin = self.origin[indices] if self.origin is not None else indices
         if self.kind == "array":
             return ImageSource("array", images=self.images[indices], origin=origin)
+        if isinstance(self.items, LazyItems):
+            return ImageSource(self.kind, items=self.items.take(indices), origin=origin)
         return ImageSource(self.kind, items=[self.items[i] for i in indices], origin=origin)
 
     def fingerprint(self, i: int) -> bytes:
@@ -379,6 +382,10 @@ def as_image_source(X: Any, *, check_files: bool = True) -> ImageSource:
             "image) or a folder."
         )
     X = _unwrap_container(X)
+    if isinstance(X, LazyItems):  # decoded on access: not opened here
+        if not len(X):
+            raise InputError("X is empty (0 items); expected at least one image.")
+        return ImageSource(X.kind, items=X)
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
         if X.size == 0 or len(X) == 0:
             raise InputError(f"X is empty (shape {X.shape}); expected at least one image.")
@@ -420,7 +427,11 @@ def as_image_source(X: Any, *, check_files: bool = True) -> ImageSource:
 
 
 def _unwrap_container(X: Any) -> Any:
-    """pandas / torch / array-likes -> ndarray or list; one-column frames -> their column."""
+    """pandas / polars / Arrow / datasets / torch / array-likes -> ndarray, list or
+    :class:`~sktransfer._containers.LazyItems`; one-column frames -> their column."""
+    converted = from_data_library(X)
+    if converted is not None:
+        return converted
     if hasattr(X, "iloc") and hasattr(X, "columns"):  # DataFrame
         if all(getattr(dt, "kind", "O") in "biuf" for dt in X.dtypes):
             return X.to_numpy()
@@ -756,6 +767,11 @@ def as_text_source(X: Any) -> TextSource:
     if isinstance(X, (str, os.PathLike)):
         raise InputError("X is a single string; pass a list (or column) of texts, e.g. [text].")
     X = _unwrap_container(X)
+    if isinstance(X, LazyItems):
+        raise InputError(
+            "X is a column of images, but the backbone is a text model. Use an image backbone "
+            "such as 'efficientnet_lite0' for images."
+        )
     items = list(X.ravel()) if isinstance(X, np.ndarray) else list(X)
     if not items:
         raise InputError("X is empty (0 texts); expected at least one text.")
