@@ -150,10 +150,23 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         search over ``unfreeze`` runs the frozen bottom once per image (at
         most three cuts' worth of disk per image and fit).
     checkpoint_dir : str or None, default=None
-        Save the model, optimizer and history after every epoch (atomically,
-        to ``sktransfer-finetune.pt``). A later ``fit`` with the same folder
-        resumes from it, so a killed run loses at most the epoch in progress.
-        A NaN loss stops training and leaves the last good epoch there.
+        Save the training state after every epoch, atomically, to one file per
+        fit, ``sktransfer-finetune-<key>.pt``. The key is a hash of the fit's
+        identity: every parameter except ``verbose``, ``num_workers``,
+        ``memory`` and ``checkpoint_dir`` (modules by their weights), the
+        training data's content and labels (and a given validation set's), and
+        the seed. A later ``fit`` with the same identity resumes from the file,
+        so a killed run loses at most the epoch in progress and a finished one
+        trains no further; any other fit starts fresh in its own file, so CV
+        folds and grid-search candidates sharing a folder never load each
+        other's weights. With ``random_state=None`` the key has no seed: a rerun
+        on the same parameters and data resumes, with the seed the first run
+        drew. Restored: the weights and warm-up phase, the optimizer state, the
+        history, the torch random state, each skorch ``LRScheduler``'s schedule,
+        early stopping's patience counter, best score and best weights, and the
+        history's best scores, so the resumed run ends as the run never killed.
+        ``partial_fit`` calls after the first are not checkpointed. A NaN loss
+        stops training and leaves the last good epoch there.
     verbose : int, default=1
         1 prints skorch's per-epoch table; 0 is quiet.
     **kwargs

@@ -32,7 +32,7 @@ def _fit_clf(**kw):
 
 
 def _files(folder):
-    return sorted(folder.glob("sktransfer-finetune-*.pt"))
+    return sorted(folder.glob("sktransfer-finetune*.pt"))
 
 
 def _saved(folder):
