@@ -21,7 +21,8 @@ early stopping's bookkeeping) the file holds everything the next epoch depends o
 - the state of the training callbacks: each skorch ``LRScheduler``'s scheduler
   (``lr_scheduler_.state_dict()`` and its batch counter) and each ``EarlyStopping``'s
   patience counter, threshold, best epoch and best weights, and each scoring
-  callback's best score (the ``*_best`` flags of the history).
+  callback's best score (the ``*_best`` flags of the history). Other callbacks' state
+  is not saved.
 
 Resuming restores the weights, phase and optimizer before training starts and the
 rest after every callback's ``on_train_begin`` (which resets them), so a run killed
@@ -34,6 +35,7 @@ other, so this one atomic file is used instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -64,6 +66,8 @@ CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v2"
 
 # Parameters that do not change what a fit computes: they are left out of its identity.
 _NOT_IN_IDENTITY = frozenset({"verbose", "num_workers", "checkpoint_dir", "memory"})
+
+_NDARRAY = "__numpy_array__"
 
 _EARLY_STOPPING_STATE = ("misses_", "dynamic_threshold_", "best_epoch_", "best_model_weights_")
 
@@ -103,6 +107,8 @@ def _describe(value, depth: int = 0):
         return {"dict": sorted([str(k), _describe(v, depth + 1)] for k, v in value.items())}
     if isinstance(value, (list, tuple)):
         return [_describe(v, depth + 1) for v in value]
+    if isinstance(value, functools.partial):
+        return {"partial": _describe([value.func, value.args, value.keywords], depth + 1)}
     if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
         return {"callable": f"{getattr(value, '__module__', '')}.{value.__qualname__}"}
     if dataclasses.is_dataclass(value):
@@ -220,14 +226,27 @@ def _callback_states(net) -> dict:
 
 
 def _plain(obj):
-    """``obj`` with numpy scalars as Python numbers (``torch.load(weights_only=True)``
-    reads tensors, containers and Python scalars only)."""
+    """``obj`` with numpy scalars as Python numbers and numpy arrays tagged as lists
+    (``torch.load(weights_only=True)`` reads tensors, containers and Python scalars only;
+    skorch's ``WarmRestartLR`` keeps arrays in its state); :func:`_unplain` reverts it."""
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
+        return {_NDARRAY: obj.tolist(), "dtype": str(obj.dtype)}
     if isinstance(obj, (np.integer, np.floating, np.bool_)):
         return obj.item()
+    return obj
+
+
+def _unplain(obj):
+    if isinstance(obj, dict):
+        if _NDARRAY in obj:
+            return np.asarray(obj[_NDARRAY], dtype=obj["dtype"])
+        return {k: _unplain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unplain(v) for v in obj)
     return obj
 
 
@@ -335,6 +354,9 @@ class FitCheckpoint:
             module.freeze(ckpt["n_frozen"])
             net.initialize_optimizer()
         net.optimizer_.load_state_dict(ckpt["optimizer"])
+        if net.verbose:
+            state = "finished" if ckpt["finished"] else "resuming"
+            print(f"{self.path}: {len(net.history)} epochs done, {state}")
         if ckpt["finished"]:
             return 0
         cb.pending = ckpt
@@ -370,7 +392,7 @@ def restore_callback_states(net, ckpt) -> None:
     for name, state in ckpt["callbacks"].items():
         cb = callbacks.get(name)
         if state["kind"] == "LRScheduler" and isinstance(cb, LRScheduler):
-            cb.lr_scheduler_.load_state_dict(state["scheduler"])
+            cb.lr_scheduler_.load_state_dict(_unplain(state["scheduler"]))
             cb.batch_idx_ = state["batch_idx"]
         elif state["kind"] == "Scoring" and hasattr(cb, "best_score_"):
             cb.best_score_ = state["best_score_"]

@@ -283,7 +283,13 @@ class _CtrlCAfterEpoch2(Callback):
 
 def test_ctrl_c_leaves_the_run_resumable(tmp_path):
     X, y = _images()
-    kw = dict(max_epochs=4, callbacks=[_CtrlCAfterEpoch2()], checkpoint_dir=str(tmp_path))
+    # with skorch's default schedule (WarmRestartLR keeps numpy arrays in its state)
+    kw = dict(
+        max_epochs=4,
+        callbacks=[LRScheduler(), _CtrlCAfterEpoch2()],
+        precision="fp32",
+        checkpoint_dir=str(tmp_path),
+    )
     _KILL["after_epoch"] = "ctrl-c"
     try:
         stopped = _fit_clf(**kw).fit(X, y)
