@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _runtime
 from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
-from ._checkpoint import resume
+from ._checkpoint import FitCheckpoint, attach_checkpoint, fit_identity
 from ._transfer_net import SkorchTransferNet, TransferNet, _FromImages, _LabeledDataset, build_head
 from ._validation import (
     HasMethods,
@@ -150,10 +150,23 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         search over ``unfreeze`` runs the frozen bottom once per image (at
         most three cuts' worth of disk per image and fit).
     checkpoint_dir : str or None, default=None
-        Save the model, optimizer and history after every epoch (atomically,
-        to ``sktransfer-finetune.pt``). A later ``fit`` with the same folder
-        resumes from it, so a killed run loses at most the epoch in progress.
-        A NaN loss stops training and leaves the last good epoch there.
+        Save the training state after every epoch, atomically, to one file per
+        fit, ``sktransfer-finetune-<key>.pt``. The key is a hash of the fit's
+        identity: every parameter except ``verbose``, ``num_workers``,
+        ``memory`` and ``checkpoint_dir`` (modules by their weights), the
+        training data's content and labels (and a given validation set's), and
+        the seed. A later ``fit`` with the same identity resumes from the file,
+        so a killed run loses at most the epoch in progress and a finished one
+        trains no further; any other fit starts fresh in its own file, so CV
+        folds and grid-search candidates sharing a folder never load each
+        other's weights. With ``random_state=None`` the key has no seed: a rerun
+        on the same parameters and data resumes, with the seed the first run
+        drew. Restored: the weights and warm-up phase, the optimizer state, the
+        history, the torch random state, each skorch ``LRScheduler``'s schedule,
+        early stopping's patience counter, best score and best weights, and the
+        history's best scores, so the resumed run ends as the run never killed.
+        ``partial_fit`` calls after the first are not checkpointed. A NaN loss
+        stops training and leaves the last good epoch there.
     verbose : int, default=1
         1 prints skorch's per-epoch table; 0 is quiet.
     **kwargs
@@ -343,6 +356,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             if not continue_training:
                 self.device_ = device
                 self._build(backbone, amp, y_enc)
+            checkpoint = None
+            if self.checkpoint_dir is not None and not continue_training:
+                # only this very fit resumes: same parameters, data and seed (_checkpoint)
+                checkpoint = self._checkpoint_path(source, y_enc, val, seed)
+                seed = checkpoint.seed  # random_state=None: the seed the killed run drew
             train_ds, valid_ds = self._datasets(source, y_enc, val, seed, workers)
             net = self.net_
             if valid_ds is not None:
@@ -350,8 +368,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             else:
                 net.set_params(train_split=None)
             epochs = None  # skorch's default: max_epochs
-            if not continue_training and self.checkpoint_dir is not None:
-                epochs = resume(net, self._checkpoint_path(), self.classes_, self.warmup_epochs)
+            if self.checkpoint_dir is not None:
+                # partial_fit's later calls train on other data: they are not checkpointed
+                epochs = attach_checkpoint(net, checkpoint, self.classes_.tolist())
             self.net_.module_.input_stage = self.input_stage_
             try:
                 # partial_fit: the net was initialized by _build; fit would re-initialize it
@@ -361,10 +380,20 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 self.net_.module_.input_stage = 0
         return self
 
-    def _checkpoint_path(self):
-        from pathlib import Path
-
-        return Path(self.checkpoint_dir) / "sktransfer-finetune.pt"
+    def _checkpoint_path(self, source, y_enc, val, seed) -> FitCheckpoint:
+        """The checkpoint of this fit in ``checkpoint_dir``, keyed by its identity."""
+        reuse_seed = self.random_state is None
+        identity = fit_identity(
+            self.get_params(deep=False),
+            source,
+            y_enc,
+            self.classes_.tolist(),
+            val,
+            None if reuse_seed else seed,
+        )
+        return FitCheckpoint(
+            self.checkpoint_dir, identity, seed, reuse_seed=reuse_seed, device=self.device_
+        )
 
     def _encode_labels(self, y, n_items, continue_training, classes):
         if y is None:
@@ -499,15 +528,12 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     EarlyStopping(monitor=monitor, patience=patience, load_best=True),
                 )
             )
-        if self.checkpoint_dir is not None:
-            # after early stopping, so that the final save holds the restored best weights
-            callbacks.append(
-                (
-                    "epoch_checkpoint",
-                    EpochCheckpoint(self._checkpoint_path(), self.classes_.tolist()),
-                )
-            )
         callbacks += list(self.callbacks or [])
+        if self.checkpoint_dir is not None:
+            # last: it saves what the others' on_epoch_end left (the best weights early
+            # stopping restored, the LR scheduler's step) and restores what their
+            # on_train_begin reset; _fit gives it its file (FitCheckpoint.attach)
+            callbacks.append(("epoch_checkpoint", EpochCheckpoint()))
         optimizer = self.optimizer
         if isinstance(optimizer, str):
             optimizer = {
