@@ -266,31 +266,39 @@ def vit_task():
     return clf, X
 
 
-def _reference_token_cam(clf, X, stage_index, columns):
-    """Grad-CAM from the definition, with plain autograd: the patch tokens of stage
-    ``stage_index`` (row-major on their grid, as timm's patch embedding lays them out),
-    each channel weighted by its mean gradient."""
+def _stage_and_grads(clf, X, stage_index, columns):
+    """Output of stage ``stage_index`` for ``X`` and the gradient of the ``columns`` logits."""
     module = clf.net_.module_
     backbone = module.backbone
-    p = backbone.num_prefix_tokens
-    size = backbone.data_config.input_size
     x = torch.stack([clf.transform_(torch.from_numpy(im).permute(2, 0, 1)) for im in X])
     was_training = module.training
     module.eval()
     try:
-        tokens = backbone(x, 0, stage_index + 1).detach().requires_grad_(True)
-        logits = module.head(module.pool(backbone(tokens, stage_index + 1, None)))
-        grads = torch.autograd.grad(logits[torch.arange(len(X)), columns].sum(), tokens)[0]
+        out = backbone(x, 0, stage_index + 1).detach().requires_grad_(True)
+        logits = module.head(module.pool(backbone(out, stage_index + 1, None)))
+        grads = torch.autograd.grad(logits[torch.arange(len(X)), columns].sum(), out)[0]
     finally:
         module.train(was_training)
-    patches, grads = tokens[:, p:].detach(), grads[:, p:]
-    side = int(round((tokens.shape[1] - p) ** 0.5))
-    cam = torch.relu((grads.mean(dim=1, keepdim=True) * patches).sum(dim=2))
-    cam = cam.view(len(X), 1, side, side)
+    return out.detach(), grads
+
+
+def _upsample_and_scale(cam, size):
     cam = torch.nn.functional.interpolate(cam, (size, size), mode="bilinear")[:, 0]
     flat = cam.flatten(1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     return ((flat - lo) / (hi - lo)).view_as(cam).numpy()
+
+
+def _reference_token_cam(clf, X, stage_index, columns):
+    """Grad-CAM from the definition, with plain autograd: the patch tokens of stage
+    ``stage_index`` (row-major on their grid, as timm's patch embedding lays them out),
+    each channel weighted by its mean gradient."""
+    p = clf.backbone_.num_prefix_tokens
+    tokens, grads = _stage_and_grads(clf, X, stage_index, columns)
+    patches, grads = tokens[:, p:], grads[:, p:]
+    side = int(round((tokens.shape[1] - p) ** 0.5))
+    cam = torch.relu((grads.mean(dim=1, keepdim=True) * patches).sum(dim=2))
+    return _upsample_and_scale(cam.view(len(X), 1, side, side), clf.backbone_.data_config.input_size)
 
 
 def test_vit_tokens_are_explained_on_their_patch_grid(vit_task):
@@ -337,23 +345,9 @@ def test_token_grid_leaves_out_the_prefix_tokens():
 
 def _reference_map_cam(clf, X, stage_index, columns):
     """Grad-CAM from the definition on the (N, C, H, W) output of stage ``stage_index``."""
-    module = clf.net_.module_
-    backbone = module.backbone
-    size = backbone.data_config.input_size
-    x = torch.stack([clf.transform_(torch.from_numpy(im).permute(2, 0, 1)) for im in X])
-    was_training = module.training
-    module.eval()
-    try:
-        fmap = backbone(x, 0, stage_index + 1).detach().requires_grad_(True)
-        logits = module.head(module.pool(backbone(fmap, stage_index + 1, None)))
-        grads = torch.autograd.grad(logits[torch.arange(len(X)), columns].sum(), fmap)[0]
-    finally:
-        module.train(was_training)
-    cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * fmap.detach()).sum(1, keepdim=True))
-    cam = torch.nn.functional.interpolate(cam, (size, size), mode="bilinear")[:, 0]
-    flat = cam.flatten(1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - lo) / (hi - lo)).view_as(cam).numpy()
+    fmap, grads = _stage_and_grads(clf, X, stage_index, columns)
+    cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * fmap).sum(1, keepdim=True))
+    return _upsample_and_scale(cam, clf.backbone_.data_config.input_size)
 
 
 def test_swin_fine_tunes_and_is_explained_on_its_channels_first_maps():
