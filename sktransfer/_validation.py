@@ -97,10 +97,10 @@ def stratified_split(y, fraction: float, random_state, *, option: str, remedy: s
     Examples
     --------
     >>> import numpy as np
-    >>> train, valid = stratified_split(np.array([0, 0, 1, 1, 0, 1]), 0.5, 0,
-    ...                                 option="validation_split=0.5", remedy="")
-    >>> len(train), len(valid), sorted(np.array([0, 0, 1, 1, 0, 1])[valid].tolist())
-    (3, 3, [0, 1])
+    >>> y = np.array([0, 0, 1, 1, 0, 1])
+    >>> train, valid = stratified_split(y, 0.5, 0, option="validation_split=0.5", remedy="")
+    >>> len(train), len(valid), sorted(set(y[valid].tolist())), sorted(set(y[train].tolist()))
+    (3, 3, [0, 1], [0, 1])
     >>> stratified_split(np.array([0, 0, 1]), 0.5, 0, option="validation_split=0.5",
     ...                  remedy="Use validation_split=None.")
     Traceback (most recent call last):
