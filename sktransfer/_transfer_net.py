@@ -10,6 +10,8 @@ from numbers import Integral
 import numpy as np
 import torch
 from skorch import NeuralNetClassifier
+from skorch.dataset import unpack_data
+from skorch.utils import TeeGenerator
 from torch import nn
 
 from . import _runtime
@@ -180,6 +182,15 @@ class SkorchTransferNet(NeuralNetClassifier):
     backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
     of the stage above (layer-wise learning-rate decay). With
     ``layer_decay=1`` the backbone is one group at ``lr * backbone_lr_scale``.
+    skorch's ``optimizer__param_groups=[(pattern, options), ...]`` applies on top:
+    the parameters whose names match a pattern form their own group, with the
+    rate of the group they come from unless ``options`` sets one.
+
+    With ``amp_dtype="fp16"`` the loss is scaled (``torch.amp.GradScaler``, in
+    ``grad_scaler_``) so that fp16 gradients do not underflow; the gradients are
+    unscaled before callbacks see them (``on_grad_computed``, e.g. gradient
+    clipping) and a step whose gradients overflowed is skipped. bf16 and fp32 need
+    no scaler.
     """
 
     def __init__(self, *args, backbone_lr_scale=0.1, layer_decay=1.0, amp_dtype="fp32", **kwargs):
@@ -217,11 +228,51 @@ class SkorchTransferNet(NeuralNetClassifier):
         return groups
 
     def initialize_optimizer(self, *args, **kwargs):
-        groups = self._param_groups()
-        kwargs = self.get_params_for("optimizer")
-        kwargs.pop("lr", None)
-        self.optimizer_ = self.optimizer(groups, lr=self.lr, **kwargs)
+        names = {id(p): n for n, p in self.get_all_learnable_params()}
+        groups = []
+        for base in self._param_groups():
+            named = [(names[id(p)], p) for p in base.pop("params")]
+            # skorch's own pattern matching, within each of our groups
+            (split,), options = self.get_params_for_optimizer("optimizer", named)
+            groups += [{**base, **group} for group in split]
+        options.pop("lr", None)
+        self.optimizer_ = self.optimizer(groups, lr=self.lr, **options)
         return self
+
+    def initialize(self):
+        super().initialize()
+        fp16 = getattr(self, "amp_dtype", "fp32") == "fp16"
+        self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type) if fp16 else None
+        return self
+
+    def train_step_single(self, batch, **fit_params):
+        scaler = getattr(self, "grad_scaler_", None)
+        if scaler is None:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler.scale(loss).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def train_step(self, batch, **fit_params):
+        scaler = getattr(self, "grad_scaler_", None)
+        if scaler is None:
+            return super().train_step(batch, **fit_params)
+        # skorch's step without the optimizer closure (a scaled step takes none)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        scaler.unscale_(self.optimizer_)
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        scaler.step(self.optimizer_)
+        scaler.update()
+        return step
 
     def infer(self, x, **fit_params):
         # skorch would unpack a dict batch (tokenized text) into keyword arguments

@@ -7,17 +7,21 @@ pyproject.toml).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
+from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import (  # noqa: F401 - re-exported for the estimators
     HasMethods,
     Interval,
+    InvalidParameterError,
     StrOptions,
     validate_parameter_constraints,
 )
 from sklearn.utils.validation import validate_data
 
-from .exceptions import NotFittedError
+from .exceptions import InputError, NotFittedError
 
 
 def validate_params(estimator) -> None:
@@ -91,3 +95,53 @@ def check_input(estimator, X, *, reset: bool):
         if hasattr(estimator, "feature_names_in_"):
             del estimator.feature_names_in_
     return X
+
+
+def stratified_split(y, fraction: float, random_state, *, option: str, remedy: str):
+    """Indices ``(train, valid)`` of a stratified split that holds out ``fraction`` of ``y``.
+
+    Shared by :class:`~sktransfer.FineTuneClassifier` (``validation_split``) and the
+    command line (``--validation-split``), so both refuse the same splits with the same
+    words: every class needs 2+ samples, and each side of the split 1+ per class.
+    ``option`` names the setting in the message, ``remedy`` says what to do.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 1, 1, 0, 1])
+    >>> train, valid = stratified_split(y, 0.5, 0, option="validation_split=0.5", remedy="")
+    >>> len(train), len(valid), sorted(set(y[valid].tolist())), sorted(set(y[train].tolist()))
+    (3, 3, [0, 1], [0, 1])
+    >>> stratified_split(np.array([0, 0, 1]), 0.5, 0, option="validation_split=0.5",
+    ...                  remedy="Use validation_split=None.")
+    Traceback (most recent call last):
+    ...
+    sktransfer.exceptions.InputError: validation_split=0.5 cannot hold out every class ...
+    """
+    y = np.asarray(y)
+    names, counts = np.unique(y, return_counts=True)
+    n_val = math.ceil(fraction * len(y))  # what train_test_split holds out
+    if counts.min() < 2 or n_val < len(names) or len(y) - n_val < len(names):
+        small = names[np.argmin(counts)]
+        raise InputError(
+            f"{option} cannot hold out every class (too small to stratify): {len(y)} samples, {len(names)} classes, "
+            f"{counts.min()} sample(s) in class {small!r}, {n_val} to hold out. Each class "
+            f"needs 2+ samples and each side of the split 1+ per class. {remedy}".rstrip()
+        )
+    return train_test_split(
+        np.arange(len(y)), test_size=fraction, stratify=y, random_state=random_state
+    )
+
+
+def check_prefixed_params(estimator, params: dict, prefixes) -> None:
+    """Refuse extra (``**kwargs``) parameters whose names lack one of ``prefixes``.
+
+    Called by ``fit``, not ``__init__`` or ``set_params``: scikit-learn estimators store
+    their parameters unchecked and validate them when fitting.
+    """
+    bad = sorted(k for k in params if not k.startswith(tuple(prefixes)))
+    if bad:
+        raise InvalidParameterError(
+            f"{type(estimator).__name__} got unexpected parameters {bad}. Extra parameters "
+            f"must be skorch parameters with one of the prefixes {list(prefixes)}."
+        )

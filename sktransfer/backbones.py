@@ -224,7 +224,10 @@ def load_backbone(
     ----------
     backbone : str, path, nn.Module, BackboneSpec or Backbone
     pretrained : bool, default=True
-        ``False`` builds the same architecture with random weights.
+        ``False`` builds the same architecture with random weights. A given module,
+        spec with a module, or Backbone is re-initialised on a copy (the caller's
+        object keeps its weights): ``reset_parameters()`` of every submodule that has
+        one; a :class:`BackboneError` names any parameter that no submodule can reset.
     copy : bool, default=False
         Work on a deep copy of a given module, spec or Backbone, so that the
         caller's object is never moved or trained (the estimators pass True).
@@ -242,8 +245,13 @@ def load_backbone(
     >>> bb.name
     'efficientnet_lite0'
     """
-    if copy and isinstance(backbone, nn.Module | BackboneSpec):
+    given = isinstance(backbone, nn.Module) or (
+        isinstance(backbone, BackboneSpec) and backbone.module is not None
+    )
+    if (copy or (given and not pretrained)) and isinstance(backbone, nn.Module | BackboneSpec):
         backbone = copy_module.deepcopy(backbone)
+    if given and not pretrained:
+        _reinitialise(backbone if isinstance(backbone, nn.Module) else backbone.module)
     if isinstance(backbone, Backbone):
         return backbone
     if isinstance(backbone, BackboneSpec):
@@ -293,6 +301,21 @@ def load_backbone(
         "'hf/<id>', '::text' for the text tower of CLIP/SigLIP) or local folder, an nn.Module "
         "or a BackboneSpec."
     )
+
+
+def _reinitialise(module: nn.Module) -> None:
+    """Random weights for a given module (``pretrained=False``), in place."""
+    resettable = [m for m in module.modules() if callable(getattr(m, "reset_parameters", None))]
+    covered = {id(p) for m in resettable for p in m.parameters(recurse=False)}
+    left = [n for n, p in module.named_parameters() if id(p) not in covered]
+    if left:
+        raise BackboneError(
+            f"pretrained=False cannot re-initialise {type(module).__name__}: no submodule "
+            f"resets the parameters {left[:5]}{' ...' if len(left) > 5 else ''} (they have no "
+            "reset_parameters()). Initialise the module yourself and pass pretrained=True."
+        )
+    for m in resettable:
+        m.reset_parameters()
 
 
 # --------------------------------------------------------------------------- sources

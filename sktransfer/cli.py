@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 import warnings
@@ -620,28 +619,23 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
 
 
 def _split(paths: list[str], labels: list[str], fraction: float, seed: int | None):
-    """Stratified train/validation split, with a clear error when it cannot stratify."""
+    """Stratified train/validation split, with a clear error when it cannot stratify
+    (the same split and checks as FineTuneClassifier's ``validation_split``)."""
     import numpy as np
-    from sklearn.model_selection import train_test_split
 
-    from .exceptions import InputError
+    from ._validation import stratified_split
 
     X, y = np.asarray(paths, dtype=object), np.asarray(labels)
     if not fraction:
         return X, y, None, None
-    names, counts = np.unique(y, return_counts=True)
-    n_val = math.ceil(fraction * len(y))
-    if counts.min() < 2 or n_val < len(names) or len(y) - n_val < len(names):
-        small = names[np.argmin(counts)]
-        raise InputError(
-            f"--validation-split {fraction} cannot hold out every class: {len(y)} images, "
-            f"{len(names)} classes, {counts.min()} image(s) in {small!r}, {n_val} to hold out. "
-            "Add images, raise the fraction, or pass --validation-split 0."
-        )
-    X_tr, X_val, y_tr, y_val = train_test_split(
-        X, y, test_size=fraction, stratify=y, random_state=seed
+    train, valid = stratified_split(
+        y,
+        fraction,
+        seed,
+        option=f"--validation-split {fraction}",
+        remedy="Add images, raise the fraction, or pass --validation-split 0.",
     )
-    return X_tr, y_tr, X_val, y_val
+    return X[train], y[train], X[valid], y[valid]
 
 
 def _run_finetune(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ running the whole network every epoch.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import warnings
 from numbers import Integral, Real
@@ -23,9 +23,11 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 from skorch.callbacks import EarlyStopping
 from skorch.helper import predefined_split
 from torch import nn
@@ -40,12 +42,14 @@ from ._validation import (
     StrOptions,
     check_fitted,
     check_input,
+    check_prefixed_params,
+    stratified_split,
     validate_params,
 )
 from .augment import make_augment
 from .backbones import Backbone, Pooling, build_stage_module, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
-from .exceptions import DeviceWarning, InputError
+from .exceptions import DeviceWarning, InputError, ItemLoadError
 from .io import TextCollate, as_source, make_dataset, make_transform
 
 __all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
@@ -82,7 +86,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     backbone : str, path, nn.Module or BackboneSpec, default="efficientnet_lite0"
         As for :class:`~sktransfer.PretrainedFeatureExtractor`.
     pretrained : bool, default=True
-        ``False`` starts from random weights (training from scratch, for comparison).
+        ``False`` starts from random weights (training from scratch, for comparison);
+        a given module, spec or Backbone is re-initialised on a copy (see
+        :func:`~sktransfer.backbones.load_backbone`).
     unfreeze : int or "all", default=0
         How many of the backbone's top stages train (``backbone_.stage_names``
         lists them, bottom first): 0 = head only, ``len(stage_names)`` or
@@ -132,7 +138,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         two CPU fits with the same seed give identical predictions.
     device : str, default="auto"
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        ``"auto"``: autocast (AMP) on CUDA, fp32 on the CPU.
+        ``"auto"``: autocast (AMP) on CUDA (bf16 where the GPU has it, else fp16), fp32
+        on the CPU. ``"fp16"`` is fp16 on every device, never silently bf16, and trains
+        with a gradient scaler (``torch.amp.GradScaler``) so that small gradients do not
+        underflow; on the CPU fp16 is mostly emulated and slower than fp32.
     num_workers : int or "auto", default="auto"
     cache_frozen : bool, default=True
         Compute the frozen stages once per image and train the top from those
@@ -143,7 +152,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         (or ``joblib.Memory``) keeps them on disk, keyed by the frozen
         weights, cut point, preprocessing and each image's content, so grid
         candidates, CV folds, later fits and other processes reuse them, and
-        ``predict`` runs only the trainable top (see :mod:`sktransfer.cache`).
+        ``predict`` runs only the trainable top (see :mod:`sktransfer.cache`);
+        ``predict`` computes and stores only the cut the fitted model starts from.
         For images a fit also stores the activations at the cuts of the two
         next shallower freeze depths (``unfreeze + 1`` and ``+ 2``), and a
         missing cut is computed on from a shallower one already stored, so a
@@ -171,7 +181,24 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         1 prints skorch's per-epoch table; 0 is quiet.
     **kwargs
         skorch parameters with the prefixes ``optimizer__``, ``iterator_train__``,
-        ``iterator_valid__``, ``callbacks__`` and ``criterion__``.
+        ``iterator_valid__``, ``callbacks__`` and ``criterion__`` (checked by ``fit``).
+        ``optimizer__param_groups=[("head.*", {"lr": 1e-2})]`` gives the parameters
+        whose names match a pattern (``net_.module_.named_parameters()``) their own
+        optimizer settings, on top of the head / backbone learning rates.
+
+    Notes
+    -----
+    Fitted attributes are set only by a successful ``fit``: a ``fit`` that fails
+    leaves the estimator as it was (unfitted, or with the previous fit's model).
+    ``partial_fit`` on a fitted estimator trains ``net_`` in place: an error found
+    before training (bad labels, unreadable files) changes nothing, an error during
+    its epochs (a diverged loss) leaves the estimator unfitted, since its weights are
+    then half-updated (with ``checkpoint_dir``, the last good epoch is on disk).
+    Prediction never changes the estimator.
+
+    Input files are read during ``fit`` and ``predict``; there is no ``on_error``
+    option: every item must be readable, and an unreadable one raises
+    :class:`~sktransfer.exceptions.ItemLoadError` naming it.
 
     Attributes
     ----------
@@ -292,54 +319,89 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.memory = memory
         self.checkpoint_dir = checkpoint_dir
         self.verbose = verbose
-        self._check_skorch_kwargs(kwargs)
-        self._skorch_kwargs = dict(kwargs)
+        self._skorch_kwargs = dict(kwargs)  # stored as given; fit checks the names
 
     # ------------------------------------------------------------------ params
 
-    @staticmethod
-    def _check_skorch_kwargs(kwargs):
-        bad = [k for k in kwargs if not k.startswith(_SKORCH_PREFIXES)]
-        if bad:
-            raise TypeError(
-                f"FineTuneClassifier got unexpected arguments {bad}. Extra arguments must be skorch "
-                f"parameters with one of the prefixes {list(_SKORCH_PREFIXES)}."
-            )
-
     def get_params(self, deep=True):
+        """Parameters of this estimator, the skorch-prefixed ones included."""
         params = super().get_params(deep=deep)
         params.update(self._skorch_kwargs)
         return params
 
     def set_params(self, **params):
-        extra = {k: v for k, v in params.items() if k.startswith(_SKORCH_PREFIXES)}
-        self._check_skorch_kwargs({})
-        self._skorch_kwargs.update(extra)
+        """Set parameters: this estimator's, and skorch-prefixed ones
+        (``optimizer__momentum=0.9``). Any other name raises ``ValueError``, as in
+        scikit-learn; values are checked by ``fit``.
+
+        Examples
+        --------
+        >>> clf = FineTuneClassifier().set_params(unfreeze=2, optimizer__momentum=0.9)
+        >>> clf.get_params()["optimizer__momentum"], clf.unfreeze
+        (0.9, 2)
+        >>> clf.set_params(momentum=0.9)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid parameter 'momentum' for estimator FineTuneClassifier(...). ...
+        """
+        extra = {
+            k: v
+            for k, v in params.items()
+            if k.startswith(_SKORCH_PREFIXES) or k in self._skorch_kwargs
+        }
         rest = {k: v for k, v in params.items() if k not in extra}
-        return super().set_params(**rest) if rest else self
+        if rest:
+            super().set_params(**rest)  # ValueError for unknown names
+        self._skorch_kwargs.update(extra)
+        return self
 
     # ------------------------------------------------------------------ fit
 
     def fit(self, X, y):
         """Train on images ``X`` (anything the extractor accepts) with labels ``y``.
 
+        The fit runs on an unfitted copy of the estimator whose fitted attributes
+        replace this one's only when it succeeds.
+
         Returns
         -------
         self
         """
-        return self._fit(X, y, continue_training=False)
+        return self._fit_new(X, y)
 
     def partial_fit(self, X, y, classes=None):
         """Continue training for ``max_epochs`` more epochs (fits first if needed).
 
         ``classes`` lists every label when the first call does not see them all.
+        An error during the added epochs leaves the estimator unfitted (see Notes).
         """
         if not hasattr(self, "net_"):
-            return self._fit(X, y, continue_training=False, classes=classes)
-        return self._fit(X, y, continue_training=True)
+            return self._fit_new(X, y, classes=classes)
+        epochs_before = len(self.net_.history)
+        try:
+            with _item_errors(type(self).__name__, "fit"):
+                return self._fit(X, y, continue_training=True)
+        except BaseException:
+            if len(self.net_.history) > epochs_before:  # training started: weights half-updated
+                self._drop_fitted()
+            raise
+
+    def _fit_new(self, X, y, classes=None):
+        staged = object.__new__(type(self))
+        staged.__dict__.update((k, v) for k, v in vars(self).items() if not _is_fitted_name(k))
+        with _item_errors(type(self).__name__, "fit"):
+            staged._fit(X, y, continue_training=False, classes=classes)
+        self.__dict__.clear()
+        self.__dict__.update(vars(staged))
+        return self
+
+    def _drop_fitted(self):
+        for name in [k for k in vars(self) if _is_fitted_name(k)]:
+            delattr(self, name)
 
     def _fit(self, X, y, *, continue_training: bool, classes=None):
         validate_params(self)
+        check_prefixed_params(self, self._skorch_kwargs, _SKORCH_PREFIXES)
         X = check_input(self, X, reset=not continue_training)
         device = self.device_ if continue_training else _runtime.resolve_device(self.device)
         amp = self._amp_dtype(device)
@@ -352,7 +414,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             backbone = self.backbone_ if continue_training else self._load_backbone()
             source = as_source(X, backbone.modality)
             y_enc = self._encode_labels(y, len(source), continue_training, classes)
-            val = self._validation_plan(y_enc, backbone.modality)
+            val = self._validation_plan(y_enc, backbone.modality, seed)
             if not continue_training:
                 self.device_ = device
                 self._build(backbone, amp, y_enc)
@@ -396,34 +458,46 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         )
 
     def _encode_labels(self, y, n_items, continue_training, classes):
+        name = type(self).__name__
         if y is None:
-            raise InputError("FineTuneClassifier needs labels y; got None.")
+            raise InputError(
+                f"{name} requires y to be passed, but the target y is None: pass one label "
+                "per item of X."
+            )
         y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise InputError(f"y must be 1-D (one label per image); got shape {y.shape}.")
+        if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
+            raise InputError(f"y must be 1-D (one label per item); got shape {y.shape}.")
+        y = column_or_1d(y, warn=True)  # a column vector warns (DataConversionWarning)
         if len(y) != n_items:
             raise InputError(f"X has {n_items} items but y has {len(y)} labels; they must match.")
         check_classification_targets(y)
         if continue_training:
-            unseen = np.setdiff1d(y, self.classes_)
-            if len(unseen):
-                raise InputError(
-                    f"y contains labels {unseen[:5].tolist()} not seen in the first fit "
-                    f"(classes_={self.classes_.tolist()}); pass classes= to the first partial_fit."
-                )
-            return np.searchsorted(self.classes_, y)
-        all_classes = np.unique(y if classes is None else np.concatenate([np.asarray(classes), y]))
-        if len(all_classes) < 2:
+            return self._encode_known(y, "y", "pass classes= to the first partial_fit")
+        seen = y if classes is None else np.concatenate([np.asarray(classes), y])
+        encoder = LabelEncoder().fit(seen)
+        if len(encoder.classes_) < 2:
             raise InputError(
-                f"y has a single class ({all_classes[0]!r}); a classifier needs at least 2 classes."
+                f"y contains only one class ({encoder.classes_[0]!r}, n_samples={len(y)}); a "
+                "classifier needs samples of at least 2 classes."
             )
-        self.classes_ = all_classes
-        return np.searchsorted(self.classes_, y)
+        self.classes_ = encoder.classes_
+        return encoder.transform(y)
 
-    def _validation_plan(self, y_enc, modality):
-        """None, ("split", fraction) or ("given", X_val, y_val_enc); errors before training."""
+    def _encode_known(self, y, what, remedy):
+        """Codes of labels ``y`` that must all be in ``classes_``."""
+        unseen = np.setdiff1d(y, self.classes_)
+        if len(unseen):
+            raise InputError(
+                f"{what} contains labels {unseen[:5].tolist()} not in the classes of the fit "
+                f"(classes_={self.classes_.tolist()[:10]}); {remedy}."
+            )
+        encoder = LabelEncoder()
+        encoder.classes_ = self.classes_
+        return encoder.transform(y)
+
+    def _validation_plan(self, y_enc, modality, seed):
+        """None, ("split", train_idx, valid_idx) or ("given", X_val, y_val_enc); raises
+        before training."""
         vs = self.validation_split
         if vs is None:
             return None
@@ -432,40 +506,31 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 raise InputError("validation_split as a tuple must be (X_val, y_val).")
             X_val, y_val = vs
             src = as_source(X_val, modality)
-            y_val = np.asarray(y_val)
+            y_val = column_or_1d(np.asarray(y_val), warn=True)
             if len(y_val) != len(src):
                 raise InputError(
                     f"validation X_val has {len(src)} items but y_val has {len(y_val)} labels."
                 )
-            unknown = np.setdiff1d(y_val, self.classes_)
-            if len(unknown):
-                raise InputError(f"y_val has labels not in y: {unknown[:5].tolist()}.")
-            return ("given", src, np.searchsorted(self.classes_, y_val))
-        n = len(y_enc)
-        n_classes = len(self.classes_)
-        n_val = math.ceil(vs * n)
-        counts = np.bincount(y_enc, minlength=n_classes)
-        if n_val < n_classes or n - n_val < n_classes or counts.min() < 2:
-            raise InputError(
-                f"validation_split={vs} is too small to stratify: {n} samples, {n_classes} "
-                f"classes, smallest class has {counts.min()} sample(s), {n_val} validation "
-                "samples. Each class needs 2+ samples and the split needs 1+ per class; use a "
-                "larger fraction, more data, or validation_split=None."
-            )
-        return ("split", vs)
+            return ("given", src, self._encode_known(y_val, "y_val", "every class must be in y"))
+        train, valid = stratified_split(
+            self.classes_[y_enc],
+            vs,
+            seed % (2**31 - 1),
+            option=f"validation_split={vs}",
+            remedy="Use a larger fraction, more data, or validation_split=None.",
+        )
+        return ("split", train, valid)
 
     def _amp_dtype(self, device):
-        dtype = _runtime.resolve_precision(self.precision, device, training=True)
-        if dtype is torch.float16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16  # bf16 trains without a gradient scaler
-        return _runtime.precision_name(dtype)
+        """The autocast precision name; "fp16" stays fp16 (with a gradient scaler)."""
+        return _runtime.precision_name(
+            _runtime.resolve_precision(self.precision, device, training=True)
+        )
 
     def _seed(self) -> int:
-        if self.random_state is None:
-            return int(np.random.randint(0, 2**31 - 1))
-        if isinstance(self.random_state, np.random.RandomState):
-            return int(self.random_state.randint(0, 2**31 - 1))
-        return int(self.random_state)
+        if isinstance(self.random_state, Integral):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
 
     def _load_backbone(self) -> Backbone:
         with _runtime.quiet_loading(self.verbose):
@@ -508,9 +573,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         cacheable = self.cache_frozen and self.augment_ is None and n_frozen > 0
         cacheable = cacheable and (not text or n_frozen == len(backbone.stages))
         self.input_stage_ = n_frozen if cacheable else 0
-        self.prefix_keys_ = None  # cache keys of the frozen prefix, computed on first use
         self.net_ = self._make_net(module, amp, y_enc)
         self.net_.initialize()
+        # cache keys of the frozen prefix: computed here, never by predict
+        with_memory = self.memory is not None and self.input_stage_ > 0
+        self.prefix_keys_ = self._prefix_keys(_EXTRA_CUTS) if with_memory else None
 
     def _make_net(self, module, amp, y_enc):
         callbacks = [("stop_on_non_finite", StopOnNonFinite())]
@@ -582,9 +649,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         """Training and validation datasets: cached frozen activations or live images."""
         idx = np.arange(len(y_enc))
         if val is not None and val[0] == "split":
-            idx, val_idx = train_test_split(
-                idx, test_size=val[1], stratify=y_enc, random_state=seed % (2**31 - 1)
-            )
+            idx, val_idx = val[1], val[2]
         if self.input_stage_ > 0:
             X_all = self._frozen_activations(source, workers)
             train = _LabeledDataset(X_all[idx], y_enc[idx])
@@ -614,27 +679,26 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             prefix = nn.Sequential(prefix, module.pool)
         return prefix
 
-    def _prefix_keys(self) -> dict:
+    def _prefix_keys(self, extra_cuts: int) -> dict:
         """Cache keys of the frozen prefix and, for images, of the cuts of the next
-        ``_EXTRA_CUTS`` freeze depths (computed once per fit)."""
-        if getattr(self, "prefix_keys_", None) is None:
-            k = self.input_stage_
-            text = self.backbone_.modality == "text"
-            cuts = [k] if text else range(max(1, k - _EXTRA_CUTS), k + 1)
-            self.prefix_keys_ = {
-                c: module_fingerprint(
-                    self._frozen_prefix(c),
-                    data_config=self.transform_.data_config.to_dict(),
-                    precision=self.net_.amp_dtype,
-                    device=self.device_.type,
-                )
-                for c in cuts
-            }
-        return self.prefix_keys_
+        ``extra_cuts`` freeze depths."""
+        k = self.input_stage_
+        text = self.backbone_.modality == "text"
+        cuts = [k] if text else range(max(1, k - extra_cuts), k + 1)
+        return {
+            c: module_fingerprint(
+                self._frozen_prefix(c),
+                data_config=self.transform_.data_config.to_dict(),
+                precision=self.net_.amp_dtype,
+                device=self.device_.type,
+            )
+            for c in cuts
+        }
 
-    def _frozen_activations(self, source, workers) -> torch.Tensor:
+    def _frozen_activations(self, source, workers, keys=None) -> torch.Tensor:
         """Outputs of the frozen stages (pooled when only the head trains), one per item,
-        from ``memory`` when they are there."""
+        from ``memory`` when they are there. ``keys``: the cache keys of the cuts to
+        look up and store (default: those of the fit, ``prefix_keys_``)."""
         module = self.net_.module_
         memory = resolve_memory(self.memory)
         run_kwargs = {
@@ -658,7 +722,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 self.input_stage_,
                 dataset,
                 memory=memory,
-                keys=self._prefix_keys(),
+                keys=self.prefix_keys_ if keys is None else keys,
                 pool=module.pool,
                 **run_kwargs,
             )
@@ -669,16 +733,36 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
-        return _softmax(self.decision_function(X))
+        return _softmax(self._logits(X))
 
     def decision_function(self, X) -> np.ndarray:
-        """Logits of the head, shape (n_samples, n_classes)."""
+        """Confidence scores, as in scikit-learn's classifiers: the head's logits, shape
+        (n_samples, n_classes); with two classes, shape (n_samples,), the logit of
+        ``classes_[1]`` minus that of ``classes_[0]`` (positive: ``classes_[1]``)."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (elements of ``classes_``)."""
+        logits = self._logits(X)  # first: it raises NotFittedError before fit
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def _logits(self, X) -> np.ndarray:
         check_fitted(self, "net_")
+        with _item_errors(type(self).__name__, "prediction"):
+            return self._run_net(X)
+
+    def _run_net(self, X) -> np.ndarray:
         X = check_input(self, X, reset=False)
         source = as_source(X, self.backbone_.modality)
         if self.memory is not None and self.input_stage_ > 0:
-            # frozen part from the cache, trainable top on it: same result, far less compute
-            acts = self._frozen_activations(source, _runtime.resolve_num_workers(self.num_workers))
+            # frozen part from the cache, trainable top on it: same result, far less compute.
+            # Only the cut this model starts from: the extra cuts a fit stores are for fits.
+            cut = self.input_stage_
+            keys = self.prefix_keys_ or self._prefix_keys(0)  # memory= set after the fit
+            acts = self._frozen_activations(
+                source, _runtime.resolve_num_workers(self.num_workers), {cut: keys[cut]}
+            )
             module = self.net_.module_
             module.input_stage = self.input_stage_
             try:
@@ -705,10 +789,6 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             verbose=0,
             desc="predict",
         )
-
-    def predict(self, X) -> np.ndarray:
-        """Predicted labels (elements of ``classes_``)."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
     # ------------------------------------------------------------------ fitted views
 
@@ -758,6 +838,30 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             )
             self.device_ = torch.device("cpu")
             self.net_.set_params(device="cpu")
+
+
+def _is_fitted_name(name: str) -> bool:
+    return name.endswith("_") and not name.startswith("_")
+
+
+@contextlib.contextmanager
+def _item_errors(estimator: str, during: str):
+    """Re-raise an unreadable-item error with what applies to ``estimator``: it reads
+    every item and has no ``on_error`` (the extractor's hint is dropped)."""
+    try:
+        yield
+    except ItemLoadError as exc:
+        reason = ". ".join(t for t in str(exc).split(". ") if "on_error" not in t).rstrip(". ")
+        first = "" if exc.index is None else f" (the first: item {exc.index} of X"
+        if first:
+            first += f", {exc.item})" if exc.item else ")"
+        labels = " and their labels in y" if during == "fit" else ""
+        raise ItemLoadError(
+            f"{reason}. {estimator} reads every item during {during} and has no on_error "
+            f"option: fix or remove the unreadable item(s){first}{labels}.",
+            index=exc.index,
+            item=exc.item,
+        ) from exc
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

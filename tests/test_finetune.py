@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -262,8 +263,18 @@ def test_clone_and_skorch_prefixed_params():
     c.set_params(iterator_train__drop_last=True, unfreeze="all")
     assert c.get_params()["iterator_train__drop_last"] is True and c.unfreeze == "all"
     assert not any(k.endswith("_") and not k.startswith("_") for k in vars(c))
-    with pytest.raises(TypeError, match="prefixes"):
-        FineTuneClassifier(momentum=0.9)
+    assert "kwargs" not in FineTuneClassifier().get_params()
+
+
+def test_unknown_parameters_are_refused_by_set_params_and_fit(data):
+    X, y = data
+    with pytest.raises(ValueError, match="Invalid parameter 'momentum'"):
+        FineTuneClassifier().set_params(momentum=0.9)
+    clf = FineTuneClassifier(momentum=0.9)  # __init__ stores, as in scikit-learn
+    assert clf.get_params()["momentum"] == 0.9
+    with pytest.raises(TypeError, match="prefixes"):  # fit checks (also a ValueError)
+        clf.fit(X, y)
+    assert not hasattr(clf, "classes_")
 
 
 def test_skorch_params_reach_the_optimizer(data):
@@ -370,7 +381,7 @@ def _fails_before_training(clf, X, y, match):
 
 def test_single_class_is_rejected(data):
     X, _ = data
-    _fails_before_training(_clf(), X, ["a"] * len(X), "single class")
+    _fails_before_training(_clf(), X, ["a"] * len(X), "only one class")
 
 
 def test_length_mismatch_is_rejected(data):
@@ -402,6 +413,267 @@ def test_non_finite_loss_stops_with_clear_error(data):
     X, y = data
     with pytest.raises(TrainingDivergedError, match="loss became nan"):
         _clf(head=_NaNHead(), max_epochs=2).fit(X, y)
+
+
+# --------------------------------------------------------------------------- the estimator front
+
+
+def _fitted_names(est):
+    return sorted(k for k in vars(est) if k.endswith("_") and not k.startswith("_"))
+
+
+def test_optimizer_param_groups_apply_on_top_of_the_lr_groups(data):
+    X, y = data
+    clf = _clf(
+        unfreeze=1,
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        optimizer__param_groups=[("head.*", {"lr": 0.05}), ("*.bias", {"weight_decay": 0.0})],
+    ).fit(X, y)
+    net = clf.net_.module_
+    group_of = {id(p): g for g in clf.net_.optimizer_.param_groups for p in g["params"]}
+    assert set(group_of) == {id(p) for p in net.parameters() if p.requires_grad}
+    assert group_of[id(net.head.weight)]["lr"] == pytest.approx(0.05)
+    assert group_of[id(net.head.bias)]["lr"] == pytest.approx(0.05)  # first pattern wins
+    top = net.backbone.stages[-1]
+    for name, p in top.named_parameters():
+        group = group_of[id(p)]
+        assert group["lr"] == pytest.approx(1e-4), name  # the backbone rate stays
+        assert group["weight_decay"] == (0.0 if name.endswith("bias") else 1e-4), name
+
+
+def test_fp16_is_never_silently_bf16(monkeypatch):
+    # a GPU with bf16 (patched: no GPU here) still gets the fp16 it was asked for
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda")
+    assert FineTuneClassifier(precision="fp16")._amp_dtype(cuda) == "fp16"
+    assert FineTuneClassifier(precision="auto")._amp_dtype(cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert FineTuneClassifier(precision="auto")._amp_dtype(cuda) == "fp16"
+
+
+def test_fp16_trains_with_a_gradient_scaler(data):
+    X, y = data
+    seen = []
+
+    class GradNorms(Callback):
+        def on_grad_computed(self, net, named_parameters, **kw):
+            grads = [p.grad for _, p in named_parameters if p.grad is not None]
+            seen.append(max(g.abs().max().item() for g in grads))
+
+    clf = _clf(precision="fp16", unfreeze=1, max_epochs=2, callbacks=[GradNorms()]).fit(X, y)
+    assert clf.net_.amp_dtype == "fp16"
+    scaler = clf.net_.grad_scaler_
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+    assert scaler.get_scale() > 1  # the loss was scaled ...
+    finite = [g for g in seen if np.isfinite(g)]  # a step whose gradients overflowed is skipped
+    assert finite and 0 < max(finite) < 100  # ... and the callbacks saw unscaled gradients
+    assert np.isfinite(clf.history_[:, "train_loss"]).all()
+    assert np.isfinite(clf.predict_proba(X)).all()
+    assert _clf(precision="fp32", max_epochs=1).fit(X, y).net_.grad_scaler_ is None
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "decision_function", "score"])
+def test_use_before_fit_is_not_fitted_error(data, method):
+    from sklearn.exceptions import NotFittedError
+
+    X, y = data
+    args = (X, y) if method == "score" else (X,)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        getattr(_clf(), method)(*args)
+
+
+def _fails_with_nothing_fitted(clf, X, y, error, match):
+    with pytest.raises(error, match=match):
+        clf.fit(X, y)
+    assert _fitted_names(clf) == []
+
+
+def test_failed_fit_sets_no_fitted_attribute(data):
+    X, y = data
+    n = len(load_backbone(SMALL, pretrained=False).stage_names)
+    # each fails after the labels were read (and the net built, for the last one)
+    _fails_with_nothing_fitted(_clf(validation_split=0.05), X[:8], y[:8], InputError, "stratify")
+    _fails_with_nothing_fitted(_clf(unfreeze=n + 1), X, y, InputError, "out of range")
+    _fails_with_nothing_fitted(_clf(head=_NaNHead()), X, y, TrainingDivergedError, "nan")
+
+
+def test_failed_refit_keeps_the_previous_model(data):
+    X, y = data
+    clf = _clf(max_epochs=1).fit(X, y)
+    before = {k: getattr(clf, k) for k in _fitted_names(clf)}
+    proba = clf.predict_proba(X)
+    with pytest.raises(InputError, match="out of range"):
+        clf.set_params(unfreeze=99).fit(X, np.where(y == y[0], "p", "q"))
+    assert _fitted_names(clf) == sorted(before)
+    assert all(getattr(clf, k) is v for k, v in before.items())
+    assert clf.classes_.tolist() == ["stripes_h", "stripes_v"]
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
+def test_partial_fit_failures(data):
+    X, y = data
+    clf = _clf(head=_NaNFromSecondEpoch(), max_epochs=1).partial_fit(X, y)  # 3 good batches
+    # an error before training changes nothing
+    with pytest.raises(InputError, match="not in the classes"):
+        clf.partial_fit(X, np.where(y == y[0], "new", y))
+    assert len(clf.history_) == 1 and np.isfinite(clf.predict_proba(X)).all()
+    # an error during training leaves half-updated weights: the estimator is unfitted
+    with pytest.raises(TrainingDivergedError):
+        clf.partial_fit(X, y)
+    assert _fitted_names(clf) == []
+
+
+def test_prediction_does_not_change_the_estimator(data, tmp_path):
+    X, y = data
+    clf = _clf(max_epochs=1).fit(X[:16], y[:16])  # no memory at fit: no cache keys
+    assert clf.prefix_keys_ is None
+    clf.set_params(memory=str(tmp_path))
+    before = dict(vars(clf))
+    proba = clf.predict_proba(X[16:])
+    clf.predict(X[16:]), clf.decision_function(X[16:]), clf.score(X[16:], y[16:])
+    assert vars(clf).keys() == before.keys()
+    assert all(vars(clf)[k] is v for k, v in before.items())
+    assert clf.prefix_keys_ is None
+    np.testing.assert_allclose(clf.predict_proba(X[16:]), proba, rtol=1e-4, atol=1e-4)
+
+
+def _n_cached(folder):
+    return sum(1 for p in Path(folder).rglob("*.npy"))
+
+
+def test_prediction_with_memory_computes_only_the_fitted_cut(data, tmp_path):
+    from sktransfer.cache import stats
+
+    X, y = data
+    train, new = slice(0, 16), slice(16, 24)
+    clf = _clf(max_epochs=1, memory=str(tmp_path), unfreeze=1).fit(X[train], y[train])
+    assert len(clf.prefix_keys_) == 3  # the fit stores 3 cuts, for a search over unfreeze
+    assert _n_cached(tmp_path) == 3 * 16
+    stats(reset=True)
+    proba = clf.predict_proba(X[new])
+    assert _n_cached(tmp_path) == 3 * 16 + 8  # one cut per new image
+    assert stats(reset=True) == {"hits": 0, "misses": 8}
+    np.testing.assert_allclose(clf.predict_proba(X[new]), proba, rtol=1e-4, atol=1e-4)
+    clf.predict(X[train])
+    assert stats() == {"hits": 8 + 16, "misses": 0} and _n_cached(tmp_path) == 3 * 16 + 8
+    # the same model without the cache
+    plain = _clf(max_epochs=1, unfreeze=1).fit(X[train], y[train])
+    np.testing.assert_allclose(plain.predict_proba(X[new]), proba, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_unreadable_file_says_what_applies_to_fine_tuning(image_paths, image_labels, tmp_path, kind):
+    from sktransfer.exceptions import ItemLoadError
+
+    bad = tmp_path / "bad.png"
+    if kind == "corrupt":
+        bad.write_bytes(b"not a png")
+    X = list(image_paths) + [str(bad)]
+    y = list(image_labels) + [0]
+    clf = _clf(max_epochs=1, batch_size=4)
+    with pytest.raises(ItemLoadError) as info:
+        clf.fit(X, y)
+    msg = str(info.value)
+    assert "on_error='warn'" not in msg and "bad.png" in msg, msg
+    assert f"item {len(X) - 1} of X" in msg and "labels in y" in msg, msg
+    assert "FineTuneClassifier reads every item during fit" in msg, msg
+    assert info.value.index == len(X) - 1
+    assert _fitted_names(clf) == []
+    clf.fit(image_paths, image_labels)
+    with pytest.raises(ItemLoadError, match="during prediction") as info:
+        clf.predict(X)
+    assert "on_error='warn'" not in str(info.value)
+
+
+def test_decision_function_is_one_column_for_two_classes(data):
+    X, y = data
+    clf = _clf(max_epochs=1).fit(X, y)
+    scores = clf.decision_function(X)
+    assert scores.shape == (len(X),)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[(scores > 0).astype(int)])
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-scores)), rtol=1e-4, atol=1e-6)
+    y3 = np.array(["a", "b", "c"] * 8)
+    scores3 = _clf(max_epochs=1).fit(X, y3).decision_function(X)
+    assert scores3.shape == (len(X), 3)
+
+
+def test_labels_are_checked_as_scikit_learn_does(data):
+    from sklearn.exceptions import DataConversionWarning
+
+    X, y = data
+    with pytest.warns(DataConversionWarning):
+        clf = _clf(max_epochs=1).fit(X, y.reshape(-1, 1))
+    assert clf.classes_.tolist() == ["stripes_h", "stripes_v"]
+    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
+        _clf().fit(X, None)
+    with pytest.raises(ValueError, match="one class"):
+        _clf().fit(X[:1], y[:1])
+
+
+def _user_module():
+    torch.manual_seed(123)  # not a seed the fits use: a re-initialised copy differs from it
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
+    )
+
+
+def _snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}, [
+        (m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in module.modules()
+    ]
+
+
+def _same(a, b):
+    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def test_fit_leaves_the_user_backbone_unchanged(data):
+    from sktransfer import PretrainedFeatureExtractor
+
+    X, y = data
+    net = _user_module()
+    spec = BackboneSpec(module=net, data_config=DataConfig(input_size=16, resize_size=None))
+    before = _snapshot(net)
+    clf = _clf(backbone=spec, unfreeze="all", max_epochs=2, lr=1e-2).fit(X, y)
+    trained = clf.backbone_.stages[0].weight
+    assert not torch.equal(trained, net[0].weight)  # the copy trained, the user's module did not
+    assert _same(_snapshot(net), before)
+    for backbone in (spec, net):
+        PretrainedFeatureExtractor(backbone, pooling="avg").fit().transform(X[:4])
+        assert _same(_snapshot(net), before)
+
+
+def test_pretrained_false_reinitialises_given_modules(data):
+    from sktransfer.exceptions import BackboneError
+
+    net = _user_module()
+    before = _snapshot(net)
+    spec = BackboneSpec(module=net, data_config=DataConfig(input_size=16, resize_size=None))
+    for given in (net, spec, load_backbone(spec)):
+        torch.manual_seed(1)
+        bb = load_backbone(given, pretrained=False)
+        assert not torch.equal(bb.stages[0].weight, net[0].weight)
+        assert _same(_snapshot(net), before)  # on a copy
+        torch.manual_seed(1)
+        assert torch.equal(load_backbone(given, pretrained=False).stages[0].weight, bb.stages[0].weight)
+    X, y = data
+    clf = _clf(backbone=spec, pretrained=False, max_epochs=1).fit(X, y)  # frozen: stays as drawn
+    assert not torch.equal(clf.backbone_.stages[0].weight, net[0].weight)
+    assert torch.equal(_clf(backbone=spec, max_epochs=1).fit(X, y).backbone_.stages[0].weight, net[0].weight)
+
+    class WithBareParameter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return self.conv(x) * self.scale
+
+    with pytest.raises(BackboneError, match=r"cannot re-initialise .*\['scale'\]"):
+        load_backbone(WithBareParameter(), pretrained=False)
 
 
 # --------------------------------------------------------------------------- acceptance
