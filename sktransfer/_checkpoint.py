@@ -22,7 +22,8 @@ early stopping's bookkeeping) the file holds everything the next epoch depends o
   (``lr_scheduler_.state_dict()`` and its batch counter) and each ``EarlyStopping``'s
   patience counter, threshold, best epoch and best weights, and each scoring
   callback's best score (the ``*_best`` flags of the history). Other callbacks' state
-  is not saved.
+  is not saved,
+- with ``precision="fp16"``, the gradient scaler's loss scale and growth counter.
 
 Resuming restores the weights, phase and optimizer before training starts and the
 rest after every callback's ``on_train_begin`` (which resets them), so a run killed
@@ -169,8 +170,8 @@ def fit_identity(params: dict, source, y_enc, classes, val, seed) -> str:
     data(source, y_enc)
     if val is None:
         h.update(b"no validation")
-    elif val[0] == "split":
-        h.update(f"split {float(val[1])!r}".encode())
+    elif val[0] == "split":  # a fraction: the split itself follows from the seed
+        h.update(f"split {float(params['validation_split'])!r}".encode())
     else:
         h.update(b"given")
         data(val[1], val[2])
@@ -266,6 +267,9 @@ def save_checkpoint(net, path, *, identity, seed, classes, finished: bool) -> No
         "rng": _rng_state(net.device),
         "callbacks": _plain(_callback_states(net)),
     }
+    scaler = getattr(net, "grad_scaler_", None)
+    if scaler is not None:  # fp16: the loss scale and its growth counter
+        payload["grad_scaler"] = _plain(scaler.state_dict())
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -388,6 +392,9 @@ def restore_callback_states(net, ckpt) -> None:
     changes the learning rates (the optimizer's are loaded again for that).
     """
     net.optimizer_.load_state_dict(ckpt["optimizer"])
+    scaler = getattr(net, "grad_scaler_", None)
+    if scaler is not None and "grad_scaler" in ckpt:
+        scaler.load_state_dict(_unplain(ckpt["grad_scaler"]))
     callbacks = dict(net.callbacks_)
     for name, state in ckpt["callbacks"].items():
         cb = callbacks.get(name)

@@ -422,7 +422,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             if self.checkpoint_dir is not None and not continue_training:
                 # only this very fit resumes: same parameters, data and seed (_checkpoint)
                 checkpoint = self._checkpoint_path(source, y_enc, val, seed)
-                seed = checkpoint.seed  # random_state=None: the seed the killed run drew
+                if checkpoint.seed != seed:  # random_state=None: the seed the killed run drew
+                    seed = checkpoint.seed
+                    val = self._validation_plan(y_enc, backbone.modality, seed)
             train_ds, valid_ds = self._datasets(source, y_enc, val, seed, workers)
             net = self.net_
             if valid_ds is not None:

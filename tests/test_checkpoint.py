@@ -300,3 +300,13 @@ def test_ctrl_c_leaves_the_run_resumable(tmp_path):
     resumed = _fit_clf(**kw).fit(X, y)
     assert len(resumed.history_) == 4
     _assert_same_weights(resumed, _fit_clf(**{**kw, "checkpoint_dir": None}).fit(X, y))
+
+
+def test_fp16_resume_restores_the_gradient_scaler(tmp_path):
+    # before: the scaler's loss scale and growth counter restarted after a resume
+    X, y = _images()
+    reference = _resumable(precision="fp16").fit(X, y)
+    resumed, saved = _kill_and_resume(tmp_path, 2, precision="fp16")
+    assert saved["grad_scaler"]["scale"] > 0
+    assert resumed.net_.grad_scaler_.state_dict() == reference.net_.grad_scaler_.state_dict()
+    _assert_same_run(resumed, reference)
