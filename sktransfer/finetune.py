@@ -33,6 +33,7 @@ from torch import nn
 from . import _runtime
 from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
 from ._checkpoint import resume
+from ._lr_schedule import LR_SCHEDULES, PhasedLRScheduler
 from ._transfer_net import SkorchTransferNet, TransferNet, _FromImages, _LabeledDataset, build_head
 from ._validation import (
     HasMethods,
@@ -113,6 +114,20 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
     warmup_epochs : int, default=0
         Epochs (counted in ``max_epochs``) during which only the head trains.
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="constant"
+        How every learning rate (head and backbone groups alike, so their
+        ratios hold) changes, batch by batch, over the epochs after warm-up
+        (over all epochs without warm-up); warm-up epochs train the head at a
+        constant ``lr``. ``"cosine"`` decays from the base rates to 0 along a
+        half cosine; ``"onecycle"`` rises from 1/25 of them over the first 25%
+        of the batches, then decays to 0 (fastai's ``fit_one_cycle``). A skorch
+        ``LRScheduler`` callback named ``"lr_scheduler"``; the head's rate of
+        each batch is in ``history_[:, "batches", :, "event_lr"]``.
+    label_smoothing : float in [0, 1), default=0.0
+        Label smoothing of the cross-entropy loss
+        (``torch.nn.CrossEntropyLoss(label_smoothing=...)``): the target puts
+        ``1 - label_smoothing`` on the true class and spreads the rest evenly
+        over all classes.
     max_epochs : int, default=10
     batch_size : int, default=32
     augment : None, "light", "strong" or callable, default=None
@@ -203,6 +218,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "augment": [None, StrOptions({"light", "strong", "none"}), callable],
@@ -235,6 +252,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         weight_decay=1e-4,
         optimizer="adamw",
         warmup_epochs=0,
+        lr_schedule="constant",
+        label_smoothing=0.0,
         max_epochs=10,
         batch_size=32,
         augment=None,
@@ -264,6 +283,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.optimizer = optimizer
         self.warmup_epochs = warmup_epochs
+        self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.augment = augment
@@ -490,6 +511,14 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(
                 ("warmup_unfreeze", WarmupUnfreeze(self.warmup_epochs, module.n_frozen))
             )
+        if self.lr_schedule != "constant":
+            warmup = self.warmup_epochs if module.n_frozen < n_stages else 0
+            callbacks.append(
+                (
+                    "lr_scheduler",
+                    PhasedLRScheduler(self.lr_schedule, warmup, self.max_epochs),
+                )
+            )
         if self.early_stopping:
             patience = 5 if self.early_stopping is True else int(self.early_stopping)
             monitor = "valid_loss" if self.validation_split is not None else "train_loss"
@@ -515,7 +544,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 "adam": torch.optim.Adam,
                 "sgd": torch.optim.SGD,
             }[optimizer]
-        criterion_kwargs = {}
+        criterion_kwargs = {"criterion__label_smoothing": float(self.label_smoothing)}
         if self.class_weight == "balanced":
             codes = np.arange(len(self.classes_))
             weights = compute_class_weight("balanced", classes=codes, y=y_enc)
