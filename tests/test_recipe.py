@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.utils._param_validation import InvalidParameterError
 from skorch.callbacks import Callback, LRScheduler
 
 from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier
-from sklearn.utils._param_validation import InvalidParameterError
 
 SMALL = BackboneSpec(
     arch="efficientnet_lite0",
@@ -78,7 +78,10 @@ def _cosine(k, n):
 def test_cosine_decays_every_group_per_batch():
     clf, lrs = _fit(lr_schedule="cosine")
     n = 3 * STEPS
-    assert isinstance(clf.net_.callbacks_[[c[0] for c in clf.net_.callbacks_].index("lr_scheduler")][1], LRScheduler)
+    assert isinstance(
+        clf.net_.callbacks_[[c[0] for c in clf.net_.callbacks_].index("lr_scheduler")][1],
+        LRScheduler,
+    )
     expected = [[LR * _cosine(k, n), LR * SCALE * _cosine(k, n)] for k in range(n)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
     # the history's event_lr is the head's rate of each batch
@@ -124,7 +127,9 @@ def test_partial_fit_starts_a_new_cycle():
     # the recorder re-initializes with the net only on fit; partial_fit appends
     again = rec.lrs[-2 * STEPS :]
     n = 2 * STEPS
-    np.testing.assert_allclose([g[0] for g in again], [LR * _cosine(k, n) for k in range(n)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [g[0] for g in again], [LR * _cosine(k, n) for k in range(n)], rtol=1e-6
+    )
 
 
 def test_label_smoothing_reaches_the_loss():
