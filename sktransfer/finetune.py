@@ -78,13 +78,20 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     With ``warmup_epochs`` the head trains alone first (two-phase training).
     ``unfreeze`` is a plain hyper-parameter, so ``GridSearchCV`` can search it.
 
+    The defaults are the recipe that measured best within a CPU budget
+    (``benchmarks/strategies.py``, ``docs/strategies.md``): the top stage of the
+    backbone trains with the head (``unfreeze=1``, at 0.1x the head's rate) for 6
+    epochs under a one-cycle schedule, with label smoothing 0.1. The frozen
+    stages run once per image, so a default fit costs little more than feature
+    extraction.
+
     Parameters
     ----------
     backbone : str, path, nn.Module or BackboneSpec, default="efficientnet_lite0"
         As for :class:`~sktransfer.PretrainedFeatureExtractor`.
     pretrained : bool, default=True
         ``False`` starts from random weights (training from scratch, for comparison).
-    unfreeze : int or "all", default=0
+    unfreeze : int or "all", default=1
         How many of the backbone's top stages train (``backbone_.stage_names``
         lists them, bottom first): 0 = head only, ``len(stage_names)`` or
         ``"all"`` = everything.
@@ -114,7 +121,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
     warmup_epochs : int, default=0
         Epochs (counted in ``max_epochs``) during which only the head trains.
-    lr_schedule : {"constant", "cosine", "onecycle"}, default="constant"
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="onecycle"
         How every learning rate (head and backbone groups alike, so their
         ratios hold) changes, batch by batch, over the epochs after warm-up
         (over all epochs without warm-up); warm-up epochs train the head at a
@@ -123,12 +130,12 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         of the batches, then decays to 0 (fastai's ``fit_one_cycle``). A skorch
         ``LRScheduler`` callback named ``"lr_scheduler"``; the head's rate of
         each batch is in ``history_[:, "batches", :, "event_lr"]``.
-    label_smoothing : float in [0, 1), default=0.0
+    label_smoothing : float in [0, 1), default=0.1
         Label smoothing of the cross-entropy loss
         (``torch.nn.CrossEntropyLoss(label_smoothing=...)``): the target puts
         ``1 - label_smoothing`` on the true class and spreads the rest evenly
         over all classes.
-    max_epochs : int, default=10
+    max_epochs : int, default=6
     batch_size : int, default=32
     augment : None, "light", "strong" or callable, default=None
         Training-time augmentation (see :mod:`sktransfer.augment`).
@@ -242,7 +249,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         backbone="efficientnet_lite0",
         *,
         pretrained=True,
-        unfreeze=0,
+        unfreeze=1,
         head=None,
         head_dropout=0.0,
         pooling="auto",
@@ -252,9 +259,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         weight_decay=1e-4,
         optimizer="adamw",
         warmup_epochs=0,
-        lr_schedule="constant",
-        label_smoothing=0.0,
-        max_epochs=10,
+        lr_schedule="onecycle",
+        label_smoothing=0.1,
+        max_epochs=6,
         batch_size=32,
         augment=None,
         validation_split=0.2,

@@ -86,7 +86,8 @@ def test_freeze_semantics(data, unfreeze):
 
 def test_unfrozen_stages_train_at_lower_lr(data):
     X, y = data
-    clf = _clf(unfreeze=1, lr=1e-3, backbone_lr_scale=0.1).fit(X, y)
+    # a constant schedule keeps the configured rates in the optimizer after fit
+    clf = _clf(unfreeze=1, lr=1e-3, backbone_lr_scale=0.1, lr_schedule="constant").fit(X, y)
     lrs = sorted(g["lr"] for g in clf.net_.optimizer_.param_groups)
     assert lrs == pytest.approx([1e-4, 1e-3])
     fresh = load_backbone(SMALL)
@@ -100,7 +101,12 @@ def test_unfrozen_stages_train_at_lower_lr(data):
 
 
 # a random-weight ViT of 6 blocks: layer-wise tests fit in a fraction of a second
-TINY_VIT = {"backbone": "timm/test_vit", "pretrained": False, "max_epochs": 1}
+TINY_VIT = {
+    "backbone": "timm/test_vit",
+    "pretrained": False,
+    "max_epochs": 1,
+    "lr_schedule": "constant",  # the optimizer keeps the configured rates after fit
+}
 LR_TOL = {"rel": 1e-4, "abs": 1e-12}
 
 
