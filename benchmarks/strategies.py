@@ -795,13 +795,20 @@ def replot(json_path: Path) -> int:
 # --------------------------------------------------------------------------- main
 
 
-def digits_3000():
-    """3,000 distinct 8x8 digit images: all 1,797, then 1,203 of them shifted by one pixel."""
+def digits_3000(n: int = 3000):
+    """``n`` distinct 8x8 digit images (n <= 3,594): all 1,797, then some of them
+    shifted by one pixel; for n < 1,797 a stratified subset."""
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     d = load_digits()
+    if n < len(d.target):
+        X, _, y, _ = train_test_split(
+            d.images, d.target, train_size=n, stratify=d.target, random_state=SEED
+        )
+        return X, y
     rng = np.random.RandomState(SEED)
-    extra = rng.choice(len(d.target), size=3000 - len(d.target), replace=False)
+    extra = rng.choice(len(d.target), size=n - len(d.target), replace=False)
     shifted = np.roll(d.images[extra], 1, axis=2)
     return np.concatenate([d.images, shifted]), np.concatenate([d.target, d.target[extra]])
 
@@ -814,7 +821,7 @@ def time_one(task: dict) -> dict:
 
     from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
 
-    X, y = digits_3000()
+    X, y = digits_3000(int(task.get("n_images", 3000)))
     if task["strategy"] == "feature_extraction":
         model = make_pipeline(
             PretrainedFeatureExtractor(verbose=0),
@@ -842,7 +849,7 @@ def time_one(task: dict) -> dict:
     return out
 
 
-def run_timing(rounds: int, strategy: str) -> dict:
+def run_timing(rounds: int, strategy: str, n_images: int = 3000) -> dict:
     """The probe and ``strategy`` fitted on 3,000 images, ``rounds`` times. In each
     round the two fits run at the same time, in two processes, so that the load of
     a shared machine weighs on both alike; the CPU time of each is its own."""
@@ -853,7 +860,12 @@ def run_timing(rounds: int, strategy: str) -> dict:
         names = ("feature_extraction", strategy)
         with ThreadPoolExecutor(2) as pool:
             pair = list(
-                pool.map(lambda n: run_in_subprocess({"strategy": n, "mode": "time"}), names)
+                pool.map(
+                    lambda n: run_in_subprocess(
+                        {"strategy": n, "mode": "time", "n_images": n_images}
+                    ),
+                    names,
+                )
             )
         for name, r in zip(names, pair):
             r["round"] = k
@@ -869,7 +881,8 @@ def run_timing(rounds: int, strategy: str) -> dict:
     return {
         "cpu_ratio_per_round": cpu_ratios,
         "note": "the two fits of a round ran concurrently on the same (shared) CPU",
-        "data": "digits_3000(): 1,797 load_digits images + 1,203 of them shifted by 1 px",
+        "data": f"digits_3000({n_images}): load_digits images (beyond 1,797: some shifted by 1 px)",
+        "n_images": n_images,
         "strategy": strategy,
         "params": strategy_params(strategy, False),
         "runs": runs,
@@ -921,6 +934,9 @@ def main(argv=None) -> int:
         "the result goes into the JSON's cost_3000 (other entries kept)",
     )
     parser.add_argument(
+        "--n-images", type=int, default=3000, help="images for --time-3000 (default 3000)"
+    )
+    parser.add_argument(
         "--untimed-datasets",
         default="",
         help="datasets whose every run (first seed included) reads --memory: accuracy only",
@@ -970,7 +986,7 @@ def main(argv=None) -> int:
     quick_out = Path(tempfile.gettempdir()) / "sktransfer-benchmarks" / "strategies_quick.json"
     out = args.out or (quick_out if args.quick else DEFAULT_OUT)
     if args.time_3000:
-        timing = run_timing(args.time_3000, "default")
+        timing = run_timing(args.time_3000, "default", args.n_images)
         timing["machine"] = machine_info()
         report = json.loads(out.read_text()) if out.exists() else {"benchmark": "strategies"}
         report["cost_3000"] = timing

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from skorch.callbacks import EarlyStopping
+from skorch.callbacks import EarlyStopping, LRScheduler
 from skorch.helper import predefined_split
 from torch import nn
 
@@ -519,6 +519,17 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 ("warmup_unfreeze", WarmupUnfreeze(self.warmup_epochs, module.n_frozen))
             )
         if self.lr_schedule != "constant":
+            own = [
+                cb
+                for cb in (c[1] if isinstance(c, tuple) else c for c in self.callbacks or [])
+                if isinstance(cb, LRScheduler) or cb is LRScheduler
+            ]
+            if own:
+                raise InputError(
+                    f"callbacks has a learning-rate scheduler and lr_schedule="
+                    f"{self.lr_schedule!r} would change the rates too: pass "
+                    "lr_schedule='constant' to use your own."
+                )
             warmup = self.warmup_epochs if module.n_frozen < n_stages else 0
             callbacks.append(
                 (

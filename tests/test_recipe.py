@@ -158,3 +158,13 @@ def test_label_smoothing_reaches_the_loss():
 def test_recipe_parameters_are_validated(params, match):
     with pytest.raises(InvalidParameterError, match=match):
         FineTuneClassifier(backbone=SMALL, verbose=0, **params).fit(*_images())
+
+
+def test_own_lr_scheduler_needs_a_constant_schedule():
+    from sktransfer.exceptions import InputError
+
+    own = [("cosine", LRScheduler(policy="CosineAnnealingLR", T_max=2))]
+    with pytest.raises(InputError, match="lr_schedule='constant'"):
+        _fit(lr_schedule="onecycle", callbacks=own, max_epochs=1)
+    clf, lrs = _fit(lr_schedule="constant", callbacks=own + [("record", RecordGroupLrs())])
+    assert "lr_scheduler" not in dict(clf.net_.callbacks_)
