@@ -41,6 +41,9 @@ def _images(n=24, seed=0):
 class RecordGroupLrs(Callback):
     """Reads the optimizer's learning rate of every parameter group before each batch."""
 
+    def __init__(self):
+        self.lrs = []
+
     def initialize(self):
         self.lrs = []
         return self
