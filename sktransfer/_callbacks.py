@@ -8,6 +8,7 @@ from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ._checkpoint import restore_callback_states, save_checkpoint
+from ._lr_schedule import PhasedLRScheduler
 from .exceptions import TrainingDivergedError
 
 __all__ = ["EpochCheckpoint", "StopOnNonFinite", "WarmupUnfreeze"]
@@ -40,6 +41,8 @@ class WarmupUnfreeze(Callback):
             net.module_.freeze(self.n_frozen)
             net.initialize_optimizer()
             for _, cb in net.callbacks_:
+                if isinstance(cb, PhasedLRScheduler):
+                    continue  # lr_schedule=: starts its second phase itself
                 if isinstance(cb, LRScheduler) and getattr(cb, "lr_scheduler_", None) is not None:
                     kwargs = dict(cb.kwargs)
                     if cb.policy_ is not ReduceLROnPlateau:

@@ -183,6 +183,7 @@ def _resumable(checkpoint_dir=None, **kw):
         validation_split=0.25,
         head_dropout=0.3,
         precision="fp32",
+        lr_schedule="constant",  # the schedule is the user's LRScheduler below
         callbacks=[LRScheduler(policy="CosineAnnealingLR", T_max=3), _KillAfterEpoch()],
         checkpoint_dir=checkpoint_dir,
     )
@@ -286,6 +287,7 @@ def test_ctrl_c_leaves_the_run_resumable(tmp_path):
     # with skorch's default schedule (WarmRestartLR keeps numpy arrays in its state)
     kw = dict(
         max_epochs=4,
+        lr_schedule="constant",  # the schedule is the user's LRScheduler below
         callbacks=[LRScheduler(), _CtrlCAfterEpoch2()],
         precision="fp32",
         checkpoint_dir=str(tmp_path),
@@ -310,3 +312,16 @@ def test_fp16_resume_restores_the_gradient_scaler(tmp_path):
     assert saved["grad_scaler"]["scale"] > 0
     assert resumed.net_.grad_scaler_.state_dict() == reference.net_.grad_scaler_.state_dict()
     _assert_same_run(resumed, reference)
+
+
+def test_default_recipe_schedule_resumes_exactly(tmp_path):
+    # lr_schedule="onecycle" (the default, a per-batch schedule over the phase after
+    # warm-up) restarts at the unfreeze; a kill on either side of it resumes exactly
+    X, y = _images()
+    kw = dict(lr_schedule="onecycle", callbacks=[_KillAfterEpoch()])
+    reference = _resumable(**kw).fit(X, y)
+    for after in (1, 3):
+        folder = tmp_path / str(after)
+        resumed, _ = _kill_and_resume(folder, after, **kw)
+        _assert_same_history(_history(resumed), _history(reference))
+        _assert_same_weights(resumed, reference)

@@ -90,7 +90,8 @@ def test_freeze_semantics(data, unfreeze):
 
 def test_unfrozen_stages_train_at_lower_lr(data):
     X, y = data
-    clf = _clf(unfreeze=1, lr=1e-3, backbone_lr_scale=0.1).fit(X, y)
+    # a constant schedule keeps the configured rates in the optimizer after fit
+    clf = _clf(unfreeze=1, lr=1e-3, backbone_lr_scale=0.1, lr_schedule="constant").fit(X, y)
     lrs = sorted(g["lr"] for g in clf.net_.optimizer_.param_groups)
     assert lrs == pytest.approx([1e-4, 1e-3])
     fresh = load_backbone(SMALL)
@@ -104,7 +105,12 @@ def test_unfrozen_stages_train_at_lower_lr(data):
 
 
 # a random-weight ViT of 6 blocks: layer-wise tests fit in a fraction of a second
-TINY_VIT = {"backbone": "timm/test_vit", "pretrained": False, "max_epochs": 1}
+TINY_VIT = {
+    "backbone": "timm/test_vit",
+    "pretrained": False,
+    "max_epochs": 1,
+    "lr_schedule": "constant",  # the optimizer keeps the configured rates after fit
+}
 LR_TOL = {"rel": 1e-4, "abs": 1e-12}
 
 
@@ -361,7 +367,8 @@ def test_user_module_from_scratch_on_digits():
     )
     clf = FineTuneClassifier(
         spec, pretrained=False, unfreeze="all", lr=3e-3, max_epochs=15, batch_size=64,
-        validation_split=None, random_state=0, verbose=0,
+        validation_split=None, random_state=0, verbose=0, lr_schedule="constant",
+        label_smoothing=0.0,
     ).fit(X[train], y[train])  # fmt: skip
     acc = clf.score(X[test], y[test])
     print(f"user CNN from scratch on digits: test accuracy {acc:.3f}")
@@ -428,6 +435,7 @@ def test_optimizer_param_groups_apply_on_top_of_the_lr_groups(data):
         unfreeze=1,
         lr=1e-3,
         backbone_lr_scale=0.1,
+        lr_schedule="constant",  # the learning rates are read after the fit
         optimizer__param_groups=[("head.*", {"lr": 0.05}), ("*.bias", {"weight_decay": 0.0})],
     ).fit(X, y)
     net = clf.net_.module_

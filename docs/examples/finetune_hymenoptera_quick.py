@@ -53,6 +53,8 @@ def main() -> None:
             unfreeze=unfreeze,
             lr=3e-3 if unfreeze == 0 else 1e-3,
             max_epochs=3,
+            lr_schedule="constant",  # the recipe of the quoted output (before the default changed)
+            label_smoothing=0.0,
             batch_size=16,
             validation_split=None,
             early_stopping=False,

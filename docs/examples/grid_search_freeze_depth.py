@@ -36,6 +36,8 @@ def main() -> None:
             lite0_32,
             memory=cache,
             max_epochs=2,
+            lr_schedule="constant",  # the recipe of the quoted output (before the default changed)
+            label_smoothing=0.0,
             validation_split=None,
             early_stopping=False,
             precision="fp32",
