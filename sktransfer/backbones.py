@@ -530,13 +530,7 @@ def build_stage_module(backbone: Backbone, stop: int) -> nn.Module:
     >>> build_stage_module(bb, 1).stage_names
     ['a']
     """
-    return Backbone(
-        list(zip(backbone.stage_names[:stop], backbone.stages[:stop])),
-        backbone.data_config,
-        name=backbone.name,
-        modality=backbone.modality,
-        num_prefix_tokens=backbone.num_prefix_tokens,
-    )
+    return backbone.truncated(stop)
 
 
 def describe(backbone: Backbone) -> dict[str, Any]:

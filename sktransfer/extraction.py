@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from torch import nn
 
 from . import _runtime
+from ._backbone import StagedNet
 from ._validation import (
     HasMethods,
     Interval,
@@ -21,7 +22,7 @@ from ._validation import (
     check_input,
     validate_params,
 )
-from .backbones import Backbone, Pooling, build_stage_module, load_backbone
+from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning
 from .io import as_source, make_dataset, make_transform
@@ -240,11 +241,9 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         bb.eval().requires_grad_(False)
         return _runtime.prepare_module(bb, self.device_)
 
-    def _feature_net(self) -> nn.Module:
-        return nn.Sequential(
-            build_stage_module(self.backbone_, self.stop_),
-            Pooling(self.pooling, self.backbone_.num_prefix_tokens),
-        )
+    def _feature_net(self) -> StagedNet:
+        # the first stop_ stages only: the cache key covers the weights that run
+        return StagedNet(self.backbone_.truncated(self.stop_), pooling=self.pooling)
 
     def _cache_key(self, net: nn.Module) -> str:
         return module_fingerprint(

@@ -31,9 +31,10 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import _runtime
+from ._backbone import StagedNet
 from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
 from ._checkpoint import resume
-from ._transfer_net import SkorchTransferNet, TransferNet, _FromImages, _LabeledDataset, build_head
+from ._transfer_net import SkorchTransferNet, TransferNet, _LabeledDataset, build_head
 from ._validation import (
     HasMethods,
     Interval,
@@ -43,7 +44,7 @@ from ._validation import (
     validate_params,
 )
 from .augment import make_augment
-from .backbones import Backbone, Pooling, build_stage_module, load_backbone
+from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning, InputError
 from .io import TextCollate, as_source, make_dataset, make_transform
@@ -352,13 +353,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             epochs = None  # skorch's default: max_epochs
             if not continue_training and self.checkpoint_dir is not None:
                 epochs = resume(net, self._checkpoint_path(), self.classes_, self.warmup_epochs)
-            self.net_.module_.input_stage = self.input_stage_
-            try:
-                # partial_fit: the net was initialized by _build; fit would re-initialize it
-                if epochs is None or epochs > 0:
-                    net.partial_fit(train_ds, None, epochs=epochs)
-            finally:
-                self.net_.module_.input_stage = 0
+            # partial_fit: the net was initialized by _build; fit would re-initialize it
+            # (the net takes its inputs at stage input_stage_, fixed when it was built)
+            if epochs is None or epochs > 0:
+                net.partial_fit(train_ds, None, epochs=epochs)
         return self
 
     def _checkpoint_path(self):
@@ -466,8 +464,6 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 backbone.eval()(backbone.example_input())
             )
         head = build_head(self.head, int(probe.shape[1]), len(self.classes_), self.head_dropout)
-        module = TransferNet(backbone, head, self.pooling, n_frozen)
-        module = _runtime.prepare_module(module, self.device_)
         self.n_frozen_ = n_frozen
         text = backbone.modality == "text"
         if text and self.augment not in (None, "none"):
@@ -479,6 +475,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         cacheable = self.cache_frozen and self.augment_ is None and n_frozen > 0
         cacheable = cacheable and (not text or n_frozen == len(backbone.stages))
         self.input_stage_ = n_frozen if cacheable else 0
+        module = TransferNet(backbone, head, self.pooling, n_frozen, start=self.input_stage_)
+        module = _runtime.prepare_module(module, self.device_)
         self.prefix_keys_ = None  # cache keys of the frozen prefix, computed on first use
         self.net_ = self._make_net(module, amp, y_enc)
         self.net_.initialize()
@@ -583,10 +581,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _frozen_prefix(self, cut: int) -> nn.Module:
         module = self.net_.module_
-        prefix: nn.Module = build_stage_module(module.backbone, cut)
-        if cut == len(module.backbone.stages):
-            prefix = nn.Sequential(prefix, module.pool)
-        return prefix
+        pool = module.pool if cut == len(module.backbone.stages) else None
+        return StagedNet(module.backbone.truncated(cut), pooling=pool)
 
     def _prefix_keys(self) -> dict:
         """Cache keys of the frozen prefix and, for images, of the cuts of the next
@@ -653,24 +649,19 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         if self.memory is not None and self.input_stage_ > 0:
             # frozen part from the cache, trainable top on it: same result, far less compute
             acts = self._frozen_activations(source, _runtime.resolve_num_workers(self.num_workers))
-            module = self.net_.module_
-            module.input_stage = self.input_stage_
-            try:
-                return _runtime.run_inference(
-                    module,
-                    _runtime.TensorItems(acts),
-                    batch_size=_runtime.resolve_batch_size(
-                        "auto", self.device_, self.backbone_.modality
-                    ),
-                    device=self.device_,
-                    dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
-                    num_workers=0,
-                    desc="predict",
-                )
-            finally:
-                module.input_stage = 0
+            return _runtime.run_inference(
+                self.net_.module_,  # takes its inputs at stage input_stage_
+                _runtime.TensorItems(acts),
+                batch_size=_runtime.resolve_batch_size(
+                    "auto", self.device_, self.backbone_.modality
+                ),
+                device=self.device_,
+                dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+                num_workers=0,
+                desc="predict",
+            )
         return _runtime.run_inference(
-            _FromImages(self.net_.module_),
+            self.net_.module_.from_stage(0),
             make_dataset(source, self.transform_),
             batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
             device=self.device_,
