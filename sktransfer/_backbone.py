@@ -96,6 +96,27 @@ class DataConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TextConfig:
+    """Tokenization settings of a text backbone.
+
+    Parameters
+    ----------
+    max_length : int
+        Longer texts are truncated to this many tokens.
+
+    Examples
+    --------
+    >>> TextConfig(128).to_dict()
+    {'max_length': 128}
+    """
+
+    max_length: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class Backbone(nn.Module):
     """A network split into ordered stages, with its preprocessing.
 
@@ -118,7 +139,9 @@ class Backbone(nn.Module):
         The pretrained classification head on pooled features, if any.
     name : str
     modality : str
-        ``"image"`` (text backbones use ``"text"``).
+        The name of its modality, ``"image"`` or ``"text"``;
+        :func:`sktransfer._modality.get_modality` gives the object that owns the
+        input conversion, transform, collate and example input.
     num_prefix_tokens : int
         Class (and register) tokens in front of the patch tokens of a token output.
     unpooled_stage : nn.Module or None
@@ -265,14 +288,6 @@ class Backbone(nn.Module):
             modality=self.modality,
             num_prefix_tokens=self.num_prefix_tokens,
         )
-
-    def example_input(self, device=None):
-        """A one-item input batch (a blank image, or a tokenized short text)."""
-        if self.modality == "text":
-            batch = self.tokenizer(["example"], return_tensors="pt")
-            return {k: v.to(device) for k, v in batch.items()}
-        cfg = self.data_config
-        return torch.zeros(1, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
 
     def forward(self, x, start: int = 0, stop: int | None = None):
         for stage in self.stages[start:stop]:

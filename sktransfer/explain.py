@@ -56,10 +56,11 @@ from torch import nn
 
 from . import _runtime
 from ._backbone import StagedNet
+from ._modality import get_modality
 from ._validation import check_fitted, check_input
 from .backbones import Backbone, Pooling
 from .exceptions import BackboneError, InputError, import_optional
-from .io import ImageDataset, ImageTransform, as_image_source
+from .io import ImageDataset, ImageTransform
 
 __all__ = ["grad_cam", "plot_grad_cam"]
 
@@ -373,8 +374,15 @@ def _compute(estimator, X, target, layer, batch_size: int):
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     ex = _explained(estimator)
+    modality = get_modality(ex.backbone)
+    if not modality.spatial:
+        raise BackboneError(
+            f"Grad-CAM maps the gradient back onto the input image, and {ex.backbone.name!r} is "
+            f"a {modality.name} backbone. Explain an image model (a FineTuneClassifier or a "
+            "Pipeline on an image backbone)."
+        )
     X = check_input(ex.input_owner, X, reset=False)
-    source = as_image_source(X)
+    source = modality.as_source(X)
     dataset = ImageDataset(source, ex.transform)
     n = len(source)
     modes = {m: m.training for m in ex.net.modules()}

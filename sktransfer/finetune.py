@@ -34,6 +34,7 @@ from . import _runtime
 from ._backbone import StagedNet
 from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
 from ._checkpoint import resume
+from ._modality import as_source, get_modality, make_transform
 from ._transfer_net import SkorchTransferNet, TransferNet, _LabeledDataset, build_head
 from ._validation import (
     HasMethods,
@@ -47,7 +48,7 @@ from .augment import make_augment
 from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning, InputError
-from .io import TextCollate, as_source, make_dataset, make_transform
+from .io import make_dataset
 
 __all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
 
@@ -461,19 +462,23 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             )
         with torch.no_grad():
             probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
-                backbone.eval()(backbone.example_input())
+                backbone.eval()(get_modality(backbone).example_input(backbone))
             )
         head = build_head(self.head, int(probe.shape[1]), len(self.classes_), self.head_dropout)
         self.n_frozen_ = n_frozen
-        text = backbone.modality == "text"
-        if text and self.augment not in (None, "none"):
-            raise InputError("augment applies to images; use augment=None with a text backbone.")
-        self.transform_ = make_transform(backbone)
-        self.augment_ = None if text else make_augment(self.augment, backbone.data_config)
+        modality = get_modality(backbone)
+        if not modality.augmentable and self.augment not in (None, "none"):
+            raise InputError(
+                f"augment applies to images; use augment=None with a {modality.name} backbone."
+            )
+        self.transform_ = modality.transform(backbone)
+        self.augment_ = (
+            make_augment(self.augment, backbone.data_config) if modality.augmentable else None
+        )
         # Reuse frozen activations when every epoch would recompute the same values
         # (for texts, whose token states vary in length, only pooled features).
         cacheable = self.cache_frozen and self.augment_ is None and n_frozen > 0
-        cacheable = cacheable and (not text or n_frozen == len(backbone.stages))
+        cacheable = cacheable and (modality.caches_unpooled or n_frozen == len(backbone.stages))
         self.input_stage_ = n_frozen if cacheable else 0
         module = TransferNet(backbone, head, self.pooling, n_frozen, start=self.input_stage_)
         module = _runtime.prepare_module(module, self.device_)
@@ -523,8 +528,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             criterion_kwargs["criterion__weight"] = torch.as_tensor(weights, dtype=torch.float32)
         workers = _runtime.resolve_num_workers(self.num_workers)
         loader = _runtime.loader_kwargs(self.device_, workers)
-        if module.backbone.modality == "text" and self.input_stage_ == 0:
-            loader["collate_fn"] = TextCollate(self.transform_)
+        collate = get_modality(module.backbone).collate(self.transform_)
+        if collate is not None and self.input_stage_ == 0:
+            loader["collate_fn"] = collate
         kwargs = {
             "optimizer__weight_decay": self.weight_decay,
             **{f"iterator_train__{k}": v for k, v in loader.items()},
@@ -589,8 +595,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         ``_EXTRA_CUTS`` freeze depths (computed once per fit)."""
         if getattr(self, "prefix_keys_", None) is None:
             k = self.input_stage_
-            text = self.backbone_.modality == "text"
-            cuts = [k] if text else range(max(1, k - _EXTRA_CUTS), k + 1)
+            unpooled = get_modality(self.backbone_).caches_unpooled
+            cuts = range(max(1, k - _EXTRA_CUTS), k + 1) if unpooled else [k]
             self.prefix_keys_ = {
                 c: module_fingerprint(
                     self._frozen_prefix(c),
@@ -609,7 +615,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         memory = resolve_memory(self.memory)
         run_kwargs = {
             "batch_size": _runtime.resolve_batch_size(
-                "auto", self.device_, self.backbone_.modality
+                "auto", self.device_, get_modality(self.backbone_)
             ),
             "device": self.device_,
             "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
@@ -653,7 +659,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 self.net_.module_,  # takes its inputs at stage input_stage_
                 _runtime.TensorItems(acts),
                 batch_size=_runtime.resolve_batch_size(
-                    "auto", self.device_, self.backbone_.modality
+                    "auto", self.device_, get_modality(self.backbone_)
                 ),
                 device=self.device_,
                 dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
@@ -663,7 +669,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return _runtime.run_inference(
             self.net_.module_.from_stage(0),
             make_dataset(source, self.transform_),
-            batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
+            batch_size=_runtime.resolve_batch_size("auto", self.device_, get_modality(self.backbone_)),
             device=self.device_,
             dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
             num_workers=_runtime.resolve_num_workers(self.num_workers),

@@ -786,36 +786,12 @@ def _is_missing_text(v: Any) -> bool:
     return type(v).__name__ in ("NAType", "NaTType")  # pandas.NA / pandas.NaT, without pandas
 
 
-class TextTransform:
-    """Tokenization of a text backbone: truncation to ``max_length``, padding per batch."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def __call__(self, texts: list[str]) -> dict:
-        return dict(
-            self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        )
-
-    @property
-    def data_config(self):
-        from ._text import TextConfig
-
-        return TextConfig(self.max_length)
-
-    def __repr__(self) -> str:
-        return f"TextTransform({type(self.tokenizer).__name__}, max_length={self.max_length})"
-
-
 class TextDataset(torch.utils.data.Dataset):
     """Texts for a DataLoader: items are raw strings, :meth:`collate` tokenizes a batch with
     dynamic padding, and :meth:`batches` groups texts of similar length (order is restored
     by the caller through the item indices)."""
 
-    def __init__(self, source: TextSource, transform: TextTransform, targets=None, errors="raise"):
+    def __init__(self, source: TextSource, transform, targets=None, errors="raise"):
         self.source = source
         self.transform = transform
         self.targets = targets
@@ -847,44 +823,11 @@ class TextDataset(torch.utils.data.Dataset):
         return out
 
 
-class TextCollate:
-    """Collate ``(text, label)`` pairs into (tokenized batch, label tensor) for training."""
-
-    def __init__(self, transform: TextTransform):
-        self.transform = transform
-
-    def __call__(self, batch):
-        texts, y = zip(*batch)
-        return self.transform(list(texts)), torch.as_tensor(np.asarray(y))
-
-
-def as_source(X: Any, modality: str, *, check_files: bool = True):
-    """The source for ``X`` given the backbone's modality ("image" or "text")."""
-    if modality == "text":
-        return as_text_source(X)
-    try:
-        return as_image_source(X, check_files=check_files)
-    except ItemLoadError as exc:
-        items = list(X) if isinstance(X, (list, tuple)) else []
-        if items and all(isinstance(t, str) and not is_image_path(t) for t in items[:20]):
-            raise ItemLoadError(
-                f"{exc} These look like texts, not image paths: use a text backbone such as "
-                "'all-MiniLM-L6-v2'.",
-                index=exc.index,
-                item=exc.item,
-            ) from exc
-        raise
-
-
-def make_transform(backbone, augment=None):
-    """The preprocessing a backbone's weights expect (tokenization for text backbones)."""
-    if backbone.modality == "text":
-        return TextTransform(backbone.tokenizer, backbone.data_config.max_length)
-    return ImageTransform(backbone.data_config, augment)
-
-
 def make_dataset(source, transform, targets=None):
-    """The dataset over ``source`` for its modality, with ``transform`` applied."""
+    """The dataset over ``source`` (an image or a text source), with ``transform`` applied.
+
+    The modality of a backbone (:mod:`sktransfer._modality`) builds sources and
+    transforms; this only pairs a source with its dataset type."""
     if isinstance(source, TextSource):
         return TextDataset(source, transform, targets)
     return ImageDataset(source, transform, targets)
