@@ -371,9 +371,7 @@ def as_image_source(X: Any, *, check_files: bool = True) -> ImageSource:
     """
     if isinstance(X, (str, os.PathLike)):
         if os.path.isdir(X):
-            from .datasets import load_image_folder
-
-            return as_image_source(list(load_image_folder(X).data), check_files=False)
+            return as_image_source(list_image_folder(X)[0], check_files=False)
         raise InputError(
             f"X is a single path {os.fspath(X)!r}. Pass a list of image paths ([path] for one "
             "image) or a folder."
@@ -704,6 +702,47 @@ def item_paths(X) -> list[str] | None:
 
 def is_image_path(p: str | Path) -> bool:
     return str(p).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """The image files under ``root/<class>/`` in sorted order, their class indices and the
+    sorted class names (a folder of images without sub-folders: one class, no names);
+    :func:`sktransfer.datasets.load_image_folder` wraps this in a Bunch.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "cat"))
+    >>> Image.new("RGB", (4, 4)).save(os.path.join(root, "cat", "a.png"))
+    >>> paths, targets, classes = list_image_folder(root)
+    >>> [os.path.basename(p) for p in paths], targets, classes
+    (['a.png'], [0], ['cat'])
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"Image folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths: list[str] = []
+    targets: list[int] = []
+    if classes:
+        for label, cls in enumerate(classes):
+            for dirpath, dirnames, filenames in os.walk(root / cls):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    if is_image_path(f):
+                        paths.append(os.path.join(dirpath, f))
+                        targets.append(label)
+    else:
+        paths = [str(p) for p in sorted(root.iterdir()) if p.is_file() and is_image_path(p)]
+        targets = [0] * len(paths)
+    if not paths:
+        raise InputError(
+            f"No image files found under {root}; expected root/<class>/<image> with extensions "
+            "such as .jpg or .png."
+        )
+    return paths, targets, classes
 
 
 # --------------------------------------------------------------------------- text
