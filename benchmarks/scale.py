@@ -175,7 +175,8 @@ def decode_cpu_s_per_image(extractor, paths) -> float:
     """
     import torch
 
-    from sktransfer.io import as_source, make_dataset
+    from sktransfer._modality import as_source
+    from sktransfer.io import make_dataset
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

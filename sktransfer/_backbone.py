@@ -96,6 +96,27 @@ class DataConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TextConfig:
+    """Tokenization settings of a text backbone.
+
+    Parameters
+    ----------
+    max_length : int
+        Longer texts are truncated to this many tokens.
+
+    Examples
+    --------
+    >>> TextConfig(128).to_dict()
+    {'max_length': 128}
+    """
+
+    max_length: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class Backbone(nn.Module):
     """A network split into ordered stages, with its preprocessing.
 
@@ -118,7 +139,9 @@ class Backbone(nn.Module):
         The pretrained classification head on pooled features, if any.
     name : str
     modality : str
-        ``"image"`` (text backbones use ``"text"``).
+        The name of its modality, ``"image"`` or ``"text"``;
+        :func:`sktransfer._modality.get_modality` gives the object that owns the
+        input conversion, transform, collate and example input.
     num_prefix_tokens : int
         Class (and register) tokens in front of the patch tokens of a token output.
     unpooled_stage : nn.Module or None
@@ -233,13 +256,38 @@ class Backbone(nn.Module):
             num_prefix_tokens=self.num_prefix_tokens,
         )
 
-    def example_input(self, device=None):
-        """A one-item input batch (a blank image, or a tokenized short text)."""
-        if self.modality == "text":
-            batch = self.tokenizer(["example"], return_tensors="pt")
-            return {k: v.to(device) for k, v in batch.items()}
-        cfg = self.data_config
-        return torch.zeros(1, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
+    def truncated(self, stop: int) -> Backbone:
+        """The first ``stop`` stages as a backbone of their own (shares parameters; no
+        classifier), e.g. to key a frozen prefix by its weights only.
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> bb = Backbone([("a", nn.ReLU()), ("b", nn.Tanh())], DataConfig(), name="tiny")
+        >>> bb.truncated(1).stage_names
+        ['a']
+        """
+        return Backbone(
+            list(zip(self.stage_names[:stop], self.stages[:stop])),
+            self.data_config,
+            name=self.name,
+            modality=self.modality,
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
+
+    def replace_stage(self, index: int, module: nn.Module) -> Backbone:
+        """The same backbone with stage ``index`` replaced by ``module`` (the other stages,
+        and their parameters, shared)."""
+        stages = list(zip(self.stage_names, self.stages))
+        stages[index] = (stages[index][0], module)
+        return Backbone(
+            stages,
+            self.data_config,
+            name=self.name,
+            classifier=self.classifier,
+            modality=self.modality,
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
 
     def forward(self, x, start: int = 0, stop: int | None = None):
         for stage in self.stages[start:stop]:
@@ -322,7 +370,6 @@ class Pooling(nn.Module):
         return x.flatten(1)
 
 
-
 def pool_tokens(hidden, mask, mode: str, num_prefix_tokens: int = 0):
     """Pool token states ``hidden`` (N, T, D) into one vector per item, ignoring padding.
 
@@ -367,6 +414,170 @@ def pool_tokens(hidden, mask, mode: str, num_prefix_tokens: int = 0):
             return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
     return torch.cat([hidden[:, 0], pooled], dim=1) if mode == "cls+mean" else pooled
+
+
+class StagedNet(nn.Module):
+    """Stages ``start .. stop`` of a :class:`Backbone`, then optional pooling and head.
+
+    The one network that extraction, fine-tuning, the frozen-prefix cache and Grad-CAM
+    run. It holds the whole backbone (parameter names stay ``backbone.stages.<i>.*``)
+    and runs the stages from ``start`` (where its inputs enter: 0 for images, ``k``
+    for the activations after stage ``k - 1``) up to ``stop``.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    start : int, default=0
+        First stage to run; ``forward(x, start=...)`` overrides it for one call.
+    stop : int or None, default=None
+        Stages to run up to (exclusive); None runs them all.
+    pooling : None, str or nn.Module, default=None
+        A :class:`Pooling` mode or module applied after ``stop``; None returns the
+        stage output as is.
+    head : nn.Module or None, default=None
+        Applied after pooling.
+    n_frozen : int or None, default=None
+        The bottom ``n_frozen`` stages are frozen: ``requires_grad=False``, run under
+        ``no_grad``, and kept in eval mode when the network is put in train mode (their
+        BatchNorm statistics never change). None leaves the parameters as they are and
+        freezes nothing.
+    outputs : iterable of int or None, default=None
+        Cut indices: the network runs from ``start`` to the deepest cut and returns the
+        activations after every cut (after stage ``c - 1`` for cut ``c``; pooled for the
+        cut after the last stage when ``pooling`` is given), each flattened, side by side
+        in one tensor; ``output_shapes`` then holds their shapes and
+        :meth:`split_outputs` undoes the concatenation (the frozen-prefix cache).
+    keep_grad : bool, default=False
+        Run frozen stages with gradients too (Grad-CAM needs the gradient at a stage
+        that may be frozen).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> bb = Backbone(
+    ...     [("conv", nn.Conv2d(3, 8, 3)), ("bn", nn.BatchNorm2d(8))], DataConfig(), name="tiny"
+    ... )
+    >>> net = StagedNet(bb, pooling="avg", head=nn.Linear(8, 2), n_frozen=1).train()
+    >>> net(torch.zeros(4, 3, 16, 16)).shape
+    torch.Size([4, 2])
+    >>> bb.stages[0].training, bb.stages[1].training
+    (False, True)
+    >>> acts = StagedNet(bb, stop=1)(torch.zeros(4, 3, 16, 16))
+    >>> net.from_stage(1)(acts).shape, net(acts, start=1).shape
+    (torch.Size([4, 2]), torch.Size([4, 2]))
+    >>> cuts = StagedNet(bb, outputs=[1, 2], pooling="avg")
+    >>> [tuple(a.shape) for a in cuts.split_outputs(cuts(torch.zeros(4, 3, 16, 16)))]
+    [(4, 8, 14, 14), (4, 8)]
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        pooling: str | nn.Module | None = None,
+        head: nn.Module | None = None,
+        n_frozen: int | None = None,
+        outputs=None,
+        keep_grad: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        if isinstance(pooling, str):
+            pooling = Pooling(pooling, backbone.num_prefix_tokens)
+        self.pool = pooling
+        self.head = head
+        self.start = int(start)
+        self.stop = None if stop is None else int(stop)
+        self.outputs = None if outputs is None else sorted({int(c) for c in outputs})
+        self.keep_grad = bool(keep_grad)
+        self.output_shapes: list[tuple[int, ...]] = []
+        self.n_frozen = 0
+        if n_frozen is not None:
+            self.freeze(n_frozen)
+
+    @property
+    def input_stage(self) -> int:
+        """Where the inputs enter (read-only; see :meth:`from_stage`)."""
+        return self.start
+
+    def from_stage(self, start: int) -> StagedNet:
+        """The same network taking its inputs at stage ``start``: a view sharing every
+        module and parameter (and the freeze depth at the time of the call)."""
+        view = type(self).__new__(type(self))
+        nn.Module.__init__(view)
+        for name, module in self._modules.items():
+            setattr(view, name, module)
+        for key, value in vars(self).items():
+            if not key.startswith("_") and key not in self._modules:
+                object.__setattr__(view, key, value)
+        view.start = int(start)
+        view.output_shapes = []
+        return view
+
+    def freeze(self, n_frozen: int) -> StagedNet:
+        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
+        self.n_frozen = int(n_frozen)
+        for i, stage in enumerate(self.backbone.stages):
+            stage.requires_grad_(i >= self.n_frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for stage in self.backbone.stages[: self.n_frozen]:
+            stage.eval()
+        return self
+
+    def _stop(self) -> int:
+        return len(self.backbone.stages) if self.stop is None else self.stop
+
+    def forward(self, x, start: int | None = None):
+        start = self.start if start is None else int(start)
+        if self.outputs is not None:
+            return self._cuts(x, start)
+        stop = self._stop()
+        frozen_end = min(self.n_frozen, stop)
+        if start < frozen_end and not self.keep_grad:
+            with torch.no_grad():
+                x = self.backbone(x, start, frozen_end)
+            start = frozen_end
+        x = self.backbone(x, start, stop)
+        if self.pool is not None:
+            x = self.pool(x)
+        if self.head is not None:
+            x = self.head(x)
+        return x
+
+    def _cuts(self, x, start: int):
+        outs = []
+        n_stages = len(self.backbone.stages)
+        for i in range(start, self.outputs[-1]):
+            x = self.backbone.stages[i](x)
+            if i + 1 in self.outputs:
+                last = i + 1 == n_stages and self.pool is not None
+                outs.append(self.pool(x) if last else x)
+        self.output_shapes = [tuple(o.shape[1:]) for o in outs]
+        return torch.cat([o.flatten(1) for o in outs], 1)
+
+    def split_outputs(self, flat):
+        """The activations at each cut of ``outputs`` from one flat output row block
+        (a tensor or an array), each with its own shape."""
+        sizes = [math.prod(s) for s in self.output_shapes]
+        offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        return [
+            flat[:, a:b].reshape(len(flat), *shape)
+            for a, b, shape in zip(offsets, offsets[1:], self.output_shapes)
+        ]
+
+    def extra_repr(self) -> str:
+        parts = [f"start={self.start}", f"stop={self.stop}", f"n_frozen={self.n_frozen}"]
+        if self.outputs is not None:
+            parts.append(f"outputs={self.outputs}")
+        if self.keep_grad:
+            parts.append("keep_grad=True")
+        return ", ".join(parts)
 
 
 class _Seq(nn.Sequential):

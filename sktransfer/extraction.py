@@ -13,6 +13,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from torch import nn
 
 from . import _runtime
+from ._backbone import StagedNet
+from ._modality import get_modality
 from ._validation import (
     HasMethods,
     Interval,
@@ -21,10 +23,10 @@ from ._validation import (
     check_input,
     validate_params,
 )
-from .backbones import Backbone, Pooling, build_stage_module, load_backbone
+from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning
-from .io import as_source, make_dataset, make_transform
+from .io import make_dataset
 
 __all__ = ["PretrainedFeatureExtractor"]
 
@@ -191,12 +193,12 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         self.precision_ = _runtime.precision_name(dtype)
         backbone = self._load_backbone()
         if X is not None:  # texts for a text backbone, images otherwise: say so now
-            as_source(X, backbone.modality, check_files=False)
+            get_modality(backbone).as_source(X, check_files=False)
         self.stop_ = backbone.stage_index(self.layer)
         if self.stop_ == len(backbone.stages):  # the last stage, as this pooling needs it
             backbone = _runtime.prepare_module(backbone.for_pooling(self.pooling), self.device_)
         self.backbone_ = backbone
-        self.transform_ = make_transform(self.backbone_)
+        self.transform_ = get_modality(self.backbone_).transform(self.backbone_)
         self.n_features_out_ = self._probe_n_features()
         return self
 
@@ -214,7 +216,8 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         """
         check_fitted(self, "backbone_")
         X = check_input(self, X, reset=False)
-        source = as_source(X, self.backbone_.modality, check_files=self.on_error == "raise")
+        modality = get_modality(self.backbone_)
+        source = modality.as_source(X, check_files=self.on_error == "raise")
         net = self._feature_net()
         memory = resolve_memory(self.memory)
         return cached_inference(
@@ -222,7 +225,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
             make_dataset(source, self.transform_),
             memory=memory,
             model_key=None if memory is None else self._cache_key(net),
-            batch_size=_runtime.resolve_batch_size(self.batch_size, self.device_, self.backbone_.modality),
+            batch_size=_runtime.resolve_batch_size(self.batch_size, self.device_, modality),
             device=self.device_,
             dtype=self._dtype(),
             num_workers=_runtime.resolve_num_workers(self.num_workers),
@@ -240,11 +243,9 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         bb.eval().requires_grad_(False)
         return _runtime.prepare_module(bb, self.device_)
 
-    def _feature_net(self) -> nn.Module:
-        return nn.Sequential(
-            build_stage_module(self.backbone_, self.stop_),
-            Pooling(self.pooling, self.backbone_.num_prefix_tokens),
-        )
+    def _feature_net(self) -> StagedNet:
+        # the first stop_ stages only: the cache key covers the weights that run
+        return StagedNet(self.backbone_.truncated(self.stop_), pooling=self.pooling)
 
     def _cache_key(self, net: nn.Module) -> str:
         return module_fingerprint(
@@ -260,7 +261,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
     def _probe_n_features(self) -> int:
         net = self._feature_net().eval()
         with torch.inference_mode():
-            out = net(_runtime.to_device(self.backbone_.example_input(), self.device_))
+            out = net(get_modality(self.backbone_).example_input(self.backbone_, self.device_))
         return int(np.prod(out.shape[1:]))
 
     @property

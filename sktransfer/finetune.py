@@ -33,10 +33,12 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import _runtime
+from ._backbone import StagedNet
 from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
 from ._checkpoint import FitCheckpoint, attach_checkpoint, fit_identity
 from ._lr_schedule import LR_SCHEDULES, PhasedLRScheduler
-from ._transfer_net import SkorchTransferNet, TransferNet, _FromImages, _LabeledDataset, build_head
+from ._modality import as_source, get_modality, make_transform
+from ._transfer_net import SkorchTransferNet, TransferNet, _LabeledDataset, build_head
 from ._validation import (
     HasMethods,
     Interval,
@@ -48,10 +50,10 @@ from ._validation import (
     validate_params,
 )
 from .augment import make_augment
-from .backbones import Backbone, Pooling, build_stage_module, load_backbone
+from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning, InputError, ItemLoadError
-from .io import TextCollate, as_source, make_dataset, make_transform
+from .io import make_dataset
 
 __all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
 
@@ -463,13 +465,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             if self.checkpoint_dir is not None:
                 # partial_fit's later calls train on other data: they are not checkpointed
                 epochs = attach_checkpoint(net, checkpoint, self.classes_.tolist())
-            self.net_.module_.input_stage = self.input_stage_
-            try:
-                # partial_fit: the net was initialized by _build; fit would re-initialize it
-                if epochs is None or epochs > 0:
-                    net.partial_fit(train_ds, None, epochs=epochs)
-            finally:
-                self.net_.module_.input_stage = 0
+            # partial_fit: the net was initialized by _build; fit would re-initialize it
+            # (the net takes its inputs at stage input_stage_, fixed when it was built)
+            if epochs is None or epochs > 0:
+                net.partial_fit(train_ds, None, epochs=epochs)
         return self
 
     def _checkpoint_path(self, source, y_enc, val, seed) -> FitCheckpoint:
@@ -587,22 +586,26 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             )
         with torch.no_grad():
             probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
-                backbone.eval()(backbone.example_input())
+                backbone.eval()(get_modality(backbone).example_input(backbone))
             )
         head = build_head(self.head, int(probe.shape[1]), len(self.classes_), self.head_dropout)
-        module = TransferNet(backbone, head, self.pooling, n_frozen)
-        module = _runtime.prepare_module(module, self.device_)
         self.n_frozen_ = n_frozen
-        text = backbone.modality == "text"
-        if text and self.augment not in (None, "none"):
-            raise InputError("augment applies to images; use augment=None with a text backbone.")
-        self.transform_ = make_transform(backbone)
-        self.augment_ = None if text else make_augment(self.augment, backbone.data_config)
+        modality = get_modality(backbone)
+        if not modality.augmentable and self.augment not in (None, "none"):
+            raise InputError(
+                f"augment applies to images; use augment=None with a {modality.name} backbone."
+            )
+        self.transform_ = modality.transform(backbone)
+        self.augment_ = (
+            make_augment(self.augment, backbone.data_config) if modality.augmentable else None
+        )
         # Reuse frozen activations when every epoch would recompute the same values
         # (for texts, whose token states vary in length, only pooled features).
         cacheable = self.cache_frozen and self.augment_ is None and n_frozen > 0
-        cacheable = cacheable and (not text or n_frozen == len(backbone.stages))
+        cacheable = cacheable and (modality.caches_unpooled or n_frozen == len(backbone.stages))
         self.input_stage_ = n_frozen if cacheable else 0
+        module = TransferNet(backbone, head, self.pooling, n_frozen, start=self.input_stage_)
+        module = _runtime.prepare_module(module, self.device_)
         self.net_ = self._make_net(module, amp, y_enc)
         self.net_.initialize()
         # cache keys of the frozen prefix: computed here, never by predict
@@ -667,8 +670,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             criterion_kwargs["criterion__weight"] = torch.as_tensor(weights, dtype=torch.float32)
         workers = _runtime.resolve_num_workers(self.num_workers)
         loader = _runtime.loader_kwargs(self.device_, workers)
-        if module.backbone.modality == "text" and self.input_stage_ == 0:
-            loader["collate_fn"] = TextCollate(self.transform_)
+        collate = get_modality(module.backbone).collate(self.transform_)
+        if collate is not None and self.input_stage_ == 0:
+            loader["collate_fn"] = collate
         kwargs = {
             "optimizer__weight_decay": self.weight_decay,
             **{f"iterator_train__{k}": v for k, v in loader.items()},
@@ -723,17 +727,15 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _frozen_prefix(self, cut: int) -> nn.Module:
         module = self.net_.module_
-        prefix: nn.Module = build_stage_module(module.backbone, cut)
-        if cut == len(module.backbone.stages):
-            prefix = nn.Sequential(prefix, module.pool)
-        return prefix
+        pool = module.pool if cut == len(module.backbone.stages) else None
+        return StagedNet(module.backbone.truncated(cut), pooling=pool)
 
     def _prefix_keys(self, extra_cuts: int) -> dict:
         """Cache keys of the frozen prefix and, for images, of the cuts of the next
         ``extra_cuts`` freeze depths."""
         k = self.input_stage_
-        text = self.backbone_.modality == "text"
-        cuts = [k] if text else range(max(1, k - extra_cuts), k + 1)
+        unpooled = get_modality(self.backbone_).caches_unpooled
+        cuts = range(max(1, k - extra_cuts), k + 1) if unpooled else [k]
         return {
             c: module_fingerprint(
                 self._frozen_prefix(c),
@@ -752,7 +754,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         memory = resolve_memory(self.memory)
         run_kwargs = {
             "batch_size": _runtime.resolve_batch_size(
-                "auto", self.device_, self.backbone_.modality
+                "auto", self.device_, get_modality(self.backbone_)
             ),
             "device": self.device_,
             "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
@@ -812,26 +814,21 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             acts = self._frozen_activations(
                 source, _runtime.resolve_num_workers(self.num_workers), {cut: keys[cut]}
             )
-            module = self.net_.module_
-            module.input_stage = self.input_stage_
-            try:
-                return _runtime.run_inference(
-                    module,
-                    _runtime.TensorItems(acts),
-                    batch_size=_runtime.resolve_batch_size(
-                        "auto", self.device_, self.backbone_.modality
-                    ),
-                    device=self.device_,
-                    dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
-                    num_workers=0,
-                    desc="predict",
-                )
-            finally:
-                module.input_stage = 0
+            return _runtime.run_inference(
+                self.net_.module_,  # takes its inputs at stage input_stage_
+                _runtime.TensorItems(acts),
+                batch_size=_runtime.resolve_batch_size(
+                    "auto", self.device_, get_modality(self.backbone_)
+                ),
+                device=self.device_,
+                dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+                num_workers=0,
+                desc="predict",
+            )
         return _runtime.run_inference(
-            _FromImages(self.net_.module_),
+            self.net_.module_.from_stage(0),
             make_dataset(source, self.transform_),
-            batch_size=_runtime.resolve_batch_size("auto", self.device_, self.backbone_.modality),
+            batch_size=_runtime.resolve_batch_size("auto", self.device_, get_modality(self.backbone_)),
             device=self.device_,
             dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
             num_workers=_runtime.resolve_num_workers(self.num_workers),

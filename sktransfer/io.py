@@ -374,9 +374,7 @@ def as_image_source(X: Any, *, check_files: bool = True) -> ImageSource:
     """
     if isinstance(X, (str, os.PathLike)):
         if os.path.isdir(X):
-            from .datasets import load_image_folder
-
-            return as_image_source(list(load_image_folder(X).data), check_files=False)
+            return as_image_source(list_image_folder(X)[0], check_files=False)
         raise InputError(
             f"X is a single path {os.fspath(X)!r}. Pass a list of image paths ([path] for one "
             "image) or a folder."
@@ -717,6 +715,47 @@ def is_image_path(p: str | Path) -> bool:
     return str(p).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """The image files under ``root/<class>/`` in sorted order, their class indices and the
+    sorted class names (a folder of images without sub-folders: one class, no names);
+    :func:`sktransfer.datasets.load_image_folder` wraps this in a Bunch.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "cat"))
+    >>> Image.new("RGB", (4, 4)).save(os.path.join(root, "cat", "a.png"))
+    >>> paths, targets, classes = list_image_folder(root)
+    >>> [os.path.basename(p) for p in paths], targets, classes
+    (['a.png'], [0], ['cat'])
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"Image folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths: list[str] = []
+    targets: list[int] = []
+    if classes:
+        for label, cls in enumerate(classes):
+            for dirpath, dirnames, filenames in os.walk(root / cls):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    if is_image_path(f):
+                        paths.append(os.path.join(dirpath, f))
+                        targets.append(label)
+    else:
+        paths = [str(p) for p in sorted(root.iterdir()) if p.is_file() and is_image_path(p)]
+        targets = [0] * len(paths)
+    if not paths:
+        raise InputError(
+            f"No image files found under {root}; expected root/<class>/<image> with extensions "
+            "such as .jpg or .png."
+        )
+    return paths, targets, classes
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -802,36 +841,12 @@ def _is_missing_text(v: Any) -> bool:
     return type(v).__name__ in ("NAType", "NaTType")  # pandas.NA / pandas.NaT, without pandas
 
 
-class TextTransform:
-    """Tokenization of a text backbone: truncation to ``max_length``, padding per batch."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def __call__(self, texts: list[str]) -> dict:
-        return dict(
-            self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        )
-
-    @property
-    def data_config(self):
-        from ._text import TextConfig
-
-        return TextConfig(self.max_length)
-
-    def __repr__(self) -> str:
-        return f"TextTransform({type(self.tokenizer).__name__}, max_length={self.max_length})"
-
-
 class TextDataset(torch.utils.data.Dataset):
     """Texts for a DataLoader: items are raw strings, :meth:`collate` tokenizes a batch with
     dynamic padding, and :meth:`batches` groups texts of similar length (order is restored
     by the caller through the item indices)."""
 
-    def __init__(self, source: TextSource, transform: TextTransform, targets=None, errors="raise"):
+    def __init__(self, source: TextSource, transform, targets=None, errors="raise"):
         self.source = source
         self.transform = transform
         self.targets = targets
@@ -863,44 +878,11 @@ class TextDataset(torch.utils.data.Dataset):
         return out
 
 
-class TextCollate:
-    """Collate ``(text, label)`` pairs into (tokenized batch, label tensor) for training."""
-
-    def __init__(self, transform: TextTransform):
-        self.transform = transform
-
-    def __call__(self, batch):
-        texts, y = zip(*batch)
-        return self.transform(list(texts)), torch.as_tensor(np.asarray(y))
-
-
-def as_source(X: Any, modality: str, *, check_files: bool = True):
-    """The source for ``X`` given the backbone's modality ("image" or "text")."""
-    if modality == "text":
-        return as_text_source(X)
-    try:
-        return as_image_source(X, check_files=check_files)
-    except ItemLoadError as exc:
-        items = list(X) if isinstance(X, (list, tuple)) else []
-        if items and all(isinstance(t, str) and not is_image_path(t) for t in items[:20]):
-            raise ItemLoadError(
-                f"{exc} These look like texts, not image paths: use a text backbone such as "
-                "'all-MiniLM-L6-v2'.",
-                index=exc.index,
-                item=exc.item,
-            ) from exc
-        raise
-
-
-def make_transform(backbone, augment=None):
-    """The preprocessing a backbone's weights expect (tokenization for text backbones)."""
-    if backbone.modality == "text":
-        return TextTransform(backbone.tokenizer, backbone.data_config.max_length)
-    return ImageTransform(backbone.data_config, augment)
-
-
 def make_dataset(source, transform, targets=None):
-    """The dataset over ``source`` for its modality, with ``transform`` applied."""
+    """The dataset over ``source`` (an image or a text source), with ``transform`` applied.
+
+    The modality of a backbone (:mod:`sktransfer._modality`) builds sources and
+    transforms; this only pairs a source with its dataset type."""
     if isinstance(source, TextSource):
         return TextDataset(source, transform, targets)
     return ImageDataset(source, transform, targets)

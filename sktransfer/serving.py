@@ -59,6 +59,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._modality import get_modality
 from .exceptions import ExportError, import_optional
 
 __all__ = ["DEFAULT_OPSET", "FORMATS", "export"]
@@ -110,10 +111,8 @@ def _serving(estimator) -> tuple[nn.Module, object, dict]:
         }
     elif isinstance(estimator, FineTuneClassifier):
         _fitted(estimator, "net_")
-        from ._transfer_net import _FromImages
-
         backbone = estimator.backbone_
-        module = _Probabilities(_FromImages(estimator.net_.module_))
+        module = _Probabilities(estimator.net_.module_.from_stage(0))
         output = {
             "name": "probabilities",
             "shape": ["batch", len(estimator.classes_)],
@@ -124,7 +123,7 @@ def _serving(estimator) -> tuple[nn.Module, object, dict]:
             f"export takes a fitted PretrainedFeatureExtractor, FineTuneClassifier or a Pipeline "
             f"starting with a PretrainedFeatureExtractor; got {type(estimator).__name__}."
         )
-    if backbone.modality != "image":
+    if not get_modality(backbone).spatial:
         raise ExportError(
             f"Backbone {backbone.name!r} is a {backbone.modality} backbone; export supports image "
             "backbones only (a text model needs its tokenizer in front of the graph). Pickle the "
@@ -170,7 +169,7 @@ def _draft_size(backbone) -> int | None:
 
 def _example(backbone) -> torch.Tensor:
     # two images: a batch of one would let the exporter fix the batch dimension to 1
-    x = backbone.example_input()
+    x = get_modality(backbone).example_input(backbone)
     return x.to("cpu", torch.float32).repeat(2, *([1] * (x.ndim - 1)))
 
 

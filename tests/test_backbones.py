@@ -75,6 +75,58 @@ def test_register_duplicate_raises(registry):
         register_backbone("efficientnet_lite0", _tiny_builder)
 
 
+def test_listing_reports_declared_metadata_without_building(registry):
+    calls = []
+    config = DataConfig(input_size=16)
+
+    def counting_builder(pretrained):
+        calls.append(pretrained)
+        return _tiny_builder(pretrained)
+
+    register_backbone(
+        "test_counted_net", counting_builder, description="counted", data_config=config,
+        stages=["0", "1"], pooling="max",
+    )  # fmt: skip
+    rows = {row["name"]: row for row in list_backbones(details=True)}
+    assert calls == []  # listing builds nothing
+    assert rows["test_counted_net"] == {
+        "name": "test_counted_net", "description": "counted", "requires": None,
+        "available": True, "modality": "image", "pooling": "max", "stages": ["0", "1"],
+        "data_config": config.to_dict(),
+    }  # fmt: skip
+    lite0 = rows["efficientnet_lite0"]
+    assert lite0["modality"] == "image" and lite0["pooling"] == "auto"
+    assert lite0["stages"] == LITE0_STAGES
+    assert lite0["data_config"] == {
+        "input_size": 224, "resize_size": 256, "interpolation": "bicubic",
+        "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "in_chans": 3, "crop_pct": 0.875,
+    }  # fmt: skip
+    minilm = rows["all-MiniLM-L6-v2"]
+    assert minilm["modality"] == "text" and minilm["pooling"] == "auto"
+    assert minilm["stages"] == ["embeddings"] + [f"layer.{i}" for i in range(6)]
+    assert minilm["data_config"] == {"max_length": 256}
+    assert list_backbones("test_counted*", details=True) == [rows["test_counted_net"]]
+    assert calls == []
+    assert load_backbone("test_counted_net").stage_names == ["0", "1"] and calls == [True]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2", "all-MiniLM-L6-v2"])
+def test_bundled_entries_declare_what_they_build(name):
+    declared = list_backbones(name, details=True)[0]
+    bb = load_backbone(name, pretrained=False)
+    assert bb.stage_names == declared["stages"]
+    assert bb.data_config.to_dict() == declared["data_config"]
+    assert bb.modality == declared["modality"]
+
+
+def test_a_declaration_the_builder_does_not_keep_is_refused(registry):
+    register_backbone("test_lying_net", _tiny_builder, stages=["a", "b"])
+    with pytest.raises(BackboneError, match="declared \\('a', 'b'\\), built \\('0', '1'\\)"):
+        load_backbone("test_lying_net")
+    with pytest.raises(BackboneError, match="pooling must be one of"):
+        register_backbone("test_bad_pooling", _tiny_builder, pooling="median")
+
+
 def test_list_backbones_patterns():
     names = list_backbones()
     assert names == sorted(names)

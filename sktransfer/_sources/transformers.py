@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._backbone import pool_tokens  # noqa: F401 - used below, and re-exported
+from .._backbone import TextConfig, pool_tokens  # noqa: F401 - pool_tokens re-exported
 from ..exceptions import BackboneError, BackboneNotAvailableError, import_optional
 
 TOWERS = ("vision", "text")
@@ -426,8 +426,6 @@ def build_hf_backbone(source: str, pretrained: bool, name: str | None = None):
             tokenizer, max_length = _tokenizer(path, config, family)
         bb_layers = [Layer(layer) for layer in layers]
         bb_layers[-1].head = head
-        from .._text import TextConfig
-
         bb = Backbone(
             [("embeddings", embeddings)] + [(f"layer.{i}", m) for i, m in enumerate(bb_layers)],
             TextConfig(max_length),
