@@ -367,6 +367,8 @@ def run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, name) -> tuple[dict, np.ndar
             optimizer="adamw",
             validation_split=None,
             early_stopping=False,
+            lr_schedule="constant",  # the naive search's recipe: same model, compare cost
+            label_smoothing=0.0,
             random_state=SEED,
             verbose=0,
         )
@@ -558,7 +560,8 @@ def main(argv=None) -> int:
             f"{BACKBONE_LR_SCALE}",
             "random_state": SEED,
             "ours": "FineTuneClassifier(memory=<fresh temp dir>, validation_split=None, "
-            "early_stopping=False, random_state=0, verbose=0)",
+            "early_stopping=False, lr_schedule='constant', label_smoothing=0.0, random_state=0, "
+            "verbose=0)",
             "naive": "skorch NeuralNetClassifier(module=Lite0 + avg pool + Linear, bottom stages "
             "requires_grad=False and in eval mode, recomputed every epoch), JPEGs "
             "decoded per access, optimizer__param_groups=[('backbone.*', lr*0.1)]",

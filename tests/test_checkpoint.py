@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FP32_TOLERANCE
+from _tolerances import FP32_TOLERANCE
 from sklearn.model_selection import GridSearchCV, cross_validate
 from skorch.callbacks import Callback, LRScheduler
 from test_finetune import _clf, _images

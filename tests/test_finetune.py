@@ -15,7 +15,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import FP32_TOLERANCE
+from _tolerances import FP32_TOLERANCE
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, cross_val_score

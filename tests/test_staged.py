@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _tolerances import FP32_TOLERANCE  # noqa: E402
 from torch import nn
 
 from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier
 from sktransfer._backbone import Backbone, StagedNet
-
-FP32_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # as in tests/conftest.py
 
 
 def _backbone(seed=0):
