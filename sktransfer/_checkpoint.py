@@ -66,7 +66,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v2"
 
 # Parameters that do not change what a fit computes: they are left out of its identity.
-_NOT_IN_IDENTITY = frozenset({"verbose", "num_workers", "checkpoint_dir", "memory"})
+_NOT_IN_IDENTITY = frozenset({"verbose", "num_workers", "checkpoint_dir", "memory", "tta"})  # not training
 
 _NDARRAY = "__numpy_array__"
 
@@ -142,7 +142,7 @@ def fit_identity(params: dict, source, y_enc, classes, val, seed) -> str:
     Examples
     --------
     >>> import numpy as np
-    >>> from sktransfer.io import as_source
+    >>> from sktransfer._modality import as_source
     >>> src = as_source(np.zeros((4, 8, 8, 3), dtype=np.uint8), "image")
     >>> a = fit_identity({"lr": 0.1}, src, np.array([0, 1, 0, 1]), ["a", "b"], None, 0)
     >>> len(a), a == fit_identity({"lr": 0.1}, src, np.array([0, 1, 0, 1]), ["a", "b"], None, 0)
@@ -376,12 +376,12 @@ def attach_checkpoint(net, checkpoint: FitCheckpoint | None, classes) -> int | N
 
 
 def _epoch_checkpoint(net):
-    from ._callbacks import EpochCheckpoint
-
-    for _, cb in net.callbacks_:
-        if isinstance(cb, EpochCheckpoint):
-            return cb
-    raise RuntimeError("the net has no EpochCheckpoint callback")  # a bug, not a user error
+    """The net's ``EpochCheckpoint`` (registered as ``"epoch_checkpoint"``; found by name,
+    so that this module does not import the callbacks, which import it)."""
+    cb = dict(net.callbacks_).get("epoch_checkpoint")
+    if cb is None:
+        raise RuntimeError("the net has no EpochCheckpoint callback")  # a bug, not a user error
+    return cb
 
 
 def restore_callback_states(net, ckpt) -> None:

@@ -54,6 +54,7 @@ from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning, InputError, ItemLoadError
 from .io import make_dataset
+from .tta import TTA_MODES, TTAClassifierNet
 
 __all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
 
@@ -201,6 +202,17 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         history's best scores, so the resumed run ends as the run never killed.
         ``partial_fit`` calls after the first are not checkpointed. A NaN loss
         stops training and leaves the last good epoch there.
+    tta : {"none", "flip", "flip+crops"}, default="none"
+        Test-time augmentation of ``predict``, ``predict_proba`` and
+        ``decision_function``: the probabilities are averaged over the image and its
+        horizontal mirror (``"flip"``, 2 forward passes), plus the four corner crops
+        and the centre crop covering 87.5% of each side (``"flip+crops"``, 7 passes),
+        taken on the preprocessed batch (see :mod:`sktransfer.tta`). With it on,
+        ``decision_function`` gives the log of the averaged probabilities (with two
+        classes, ``log p1 - log p0``), and
+        prediction runs the whole network on the images (not the cached frozen
+        activations). Only prediction changes: ``set_params(tta=...)`` on a fitted
+        model needs no refit. Image backbones only.
     verbose : int, default=1
         1 prints skorch's per-epoch table; 0 is quiet.
     **kwargs
@@ -283,6 +295,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "cache_frozen": ["boolean"],
         "memory": [None, str, os.PathLike, HasMethods(["cache"]), FeatureMemory],
         "checkpoint_dir": [None, str, os.PathLike],
+        "tta": [StrOptions(set(TTA_MODES))],
         "verbose": ["verbose"],
     }
 
@@ -317,6 +330,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         cache_frozen=True,
         memory=None,
         checkpoint_dir=None,
+        tta="none",
         verbose=1,
         **kwargs,
     ):
@@ -348,6 +362,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.cache_frozen = cache_frozen
         self.memory = memory
         self.checkpoint_dir = checkpoint_dir
+        self.tta = tta
         self.verbose = verbose
         self._skorch_kwargs = dict(kwargs)  # stored as given; fit checks the names
 
@@ -806,7 +821,15 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     def _run_net(self, X) -> np.ndarray:
         X = check_input(self, X, reset=False)
         source = as_source(X, self.backbone_.modality)
-        if self.memory is not None and self.input_stage_ > 0:
+        net = self.net_.module_.from_stage(0)
+        if self.tta != "none":
+            if not get_modality(self.backbone_).spatial:
+                raise InputError(
+                    f"tta={self.tta!r} needs an image backbone; {self.backbone_.name!r} is a "
+                    f"{self.backbone_.modality} backbone. Use tta='none'."
+                )
+            net = TTAClassifierNet(net, self.tta)  # log of the averaged probabilities
+        elif self.memory is not None and self.input_stage_ > 0:
             # frozen part from the cache, trainable top on it: same result, far less compute.
             # Only the cut this model starts from: the extra cuts a fit stores are for fits.
             cut = self.input_stage_
@@ -826,7 +849,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 desc="predict",
             )
         return _runtime.run_inference(
-            self.net_.module_.from_stage(0),
+            net,
             make_dataset(source, self.transform_),
             batch_size=_runtime.resolve_batch_size("auto", self.device_, get_modality(self.backbone_)),
             device=self.device_,

@@ -62,7 +62,7 @@ from torch import nn
 from ._modality import get_modality
 from .exceptions import ExportError, import_optional
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "export"]
+__all__ = ["DEFAULT_OPSET", "FORMATS", "export", "preprocess"]
 
 FORMATS = ("onnx", "torchscript", "torch.export")
 # ONNX opset of the exported graphs: recent enough for every operator of the backbone zoo
@@ -339,10 +339,46 @@ def export(estimator, path, *, format: str = "onnx", opset: int = DEFAULT_OPSET)
     return path
 
 
-def _write_meta(path: Path, meta: dict) -> None:
-    from . import __version__
+def preprocess(estimator, X) -> np.ndarray:
+    """``X`` as the float32 batch an exported model takes (``"pixel_values"``), by the
+    estimator's own data path: to check an export, or to feed it from Python.
 
-    meta["sktransfer"] = __version__
+    Parameters
+    ----------
+    estimator : fitted PretrainedFeatureExtractor, FineTuneClassifier, or a Pipeline
+        starting with a PretrainedFeatureExtractor
+    X : images, as the estimator accepts them
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import BackboneSpec, DataConfig, PretrainedFeatureExtractor
+    >>> spec = BackboneSpec(module=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
+    ...                     data_config=DataConfig(input_size=16, resize_size=None))
+    >>> ext = PretrainedFeatureExtractor(spec, precision="fp32").fit()
+    >>> preprocess(ext, np.zeros((2, 20, 20, 3), np.uint8)).shape
+    (2, 3, 16, 16)
+    """
+    from ._modality import as_source
+    from .io import make_dataset
+
+    if isinstance(estimator, Pipeline):
+        estimator = estimator.steps[0][1]
+    _, backbone, _ = _serving(estimator)
+    if not get_modality(backbone).spatial:
+        raise ExportError(f"preprocess takes image backbones; {backbone.name!r} is not one.")
+    data = make_dataset(as_source(X, backbone.modality), estimator.transform_)
+    return np.stack([data.load(i).numpy() for i in range(len(data))]).astype(np.float32)
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        meta["sktransfer"] = version("sktransfer")
+    except PackageNotFoundError:  # a source tree that is not installed
+        meta["sktransfer"] = None
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
