@@ -13,29 +13,12 @@ import pytest
 import torch
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch.callbacks import Callback, LRScheduler
+from test_finetune import SMALL, _images  # the same small Lite0 and striped images
 
-from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier
+from sktransfer import FineTuneClassifier
 
-SMALL = BackboneSpec(
-    arch="efficientnet_lite0",
-    data_config=DataConfig(
-        input_size=64, resize_size=None, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3
-    ),
-)
 LR, SCALE = 1e-2, 0.1
 STEPS = 3  # batches per epoch
-
-
-def _images(n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    X = np.empty((n, 48, 48, 3), dtype=np.uint8)
-    y = np.array(["v", "h"] * (n // 2))
-    grid = np.indices((48, 48))
-    for i in range(n):
-        axis = 1 if y[i] == "v" else 0
-        base = ((grid[axis] // 6) % 2) * (200 if axis else 120)
-        X[i] = np.clip(base[..., None] + rng.normal(0, 20, (48, 48, 3)), 0, 255)
-    return X, y
 
 
 class RecordGroupLrs(Callback):
