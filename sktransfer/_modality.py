@@ -104,10 +104,11 @@ class ImageModality(Modality):
             items = list(X) if isinstance(X, (list, tuple)) else []
             if items and all(isinstance(t, str) and not is_image_path(t) for t in items[:20]):
                 raise ItemLoadError(
-                    f"{exc} These look like texts, not image paths: use a text backbone such as "
-                    "'all-MiniLM-L6-v2'.",
+                    f"{exc.reason} These look like texts, not image paths: use a text backbone "
+                    "such as 'all-MiniLM-L6-v2'.",
                     index=exc.index,
                     item=exc.item,
+                    remedy=exc.remedy,
                 ) from exc
             raise
 

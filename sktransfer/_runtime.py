@@ -394,9 +394,10 @@ def run_inference(
                 if bad and on_error == "raise":
                     k = bad[0]
                     raise ItemLoadError(
-                        f"{errs[k]}. Pass on_error='warn' to get NaN rows for unreadable items "
-                        "instead.",
+                        f"{errs[k]}.",
                         index=_original_index(dataset, int(idx[k])),
+                        remedy="Pass on_error='warn' to get NaN rows for unreadable items "
+                        "instead.",
                     )
                 feats = forward(to_device(x, device)).float()
                 feats = feats.contiguous().cpu().numpy()

@@ -494,12 +494,12 @@ def _run_extract(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
         )
     except ItemLoadError as exc:
-        # the library's hint names the Python parameter; say the option instead
-        reason = str(exc).split(" Pass on_error=")[0]
+        # the library's remedy names the Python parameter; say the option instead
         raise ItemLoadError(
-            f"{reason} Use --on-error warn to get NaN rows for unreadable images instead.",
+            exc.reason,
             exc.index,
             exc.item,
+            remedy="Use --on-error warn to get NaN rows for unreadable images instead.",
         ) from exc
     except KeyboardInterrupt:
         done = _shards_done(folder)

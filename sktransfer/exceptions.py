@@ -106,6 +106,10 @@ class ItemLoadError(InputError):
         Position of the item in the input.
     item : str
         A short description of the item (its path, or its type for in-memory items).
+    reason : str
+        What went wrong, without the remedy.
+    remedy : str or None
+        What to do, for the estimator that raised it (e.g. its ``on_error`` option).
 
     Examples
     --------
@@ -123,10 +127,18 @@ class ItemLoadError(InputError):
     True
     """
 
-    def __init__(self, message: str, index: int | None = None, item: str | None = None):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        index: int | None = None,
+        item: str | None = None,
+        remedy: str | None = None,
+    ):
+        super().__init__(f"{message} {remedy}" if remedy else message)
         self.index = index
         self.item = item
+        self.reason = message  # what went wrong, without the remedy
+        self.remedy = remedy  # what the raising estimator offers (``on_error``...)
 
 
 class CheckpointError(SktransferError, ValueError):

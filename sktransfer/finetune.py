@@ -916,11 +916,11 @@ def _is_fitted_name(name: str) -> bool:
 @contextlib.contextmanager
 def _item_errors(estimator: str, during: str):
     """Re-raise an unreadable-item error with what applies to ``estimator``: it reads
-    every item and has no ``on_error`` (the extractor's hint is dropped)."""
+    every item and has no ``on_error`` (the extractor's remedy is replaced)."""
     try:
         yield
     except ItemLoadError as exc:
-        reason = ". ".join(t for t in str(exc).split(". ") if "on_error" not in t).rstrip(". ")
+        reason = exc.reason.rstrip(". ")
         first = "" if exc.index is None else f" (the first: item {exc.index} of X"
         if first:
             first += f", {exc.item})" if exc.item else ")"

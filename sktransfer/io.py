@@ -407,10 +407,11 @@ def as_image_source(X: Any, *, check_files: bool = True) -> ImageSource:
             listed = ", ".join(f"{i}: {os.fspath(items[i])!r}" for i in missing[:_MAX_LISTED])
             raise ItemLoadError(
                 f"{len(missing)} of {len(items)} image files not found ({listed}"
-                f"{' ...' if len(missing) > _MAX_LISTED else ''}). Fix the paths, or pass "
-                "on_error='warn' to get NaN rows for unreadable items.",
+                f"{' ...' if len(missing) > _MAX_LISTED else ''}).",
                 index=missing[0],
                 item=os.fspath(items[missing[0]]),
+                remedy="Fix the paths, or pass on_error='warn' to get NaN rows for unreadable "
+                "items.",
             )
     if kind == "arrays":
         for i, a in enumerate(items):
