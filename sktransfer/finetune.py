@@ -599,13 +599,13 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 f"warmup_epochs={self.warmup_epochs} must be smaller than max_epochs="
                 f"{self.max_epochs}: warm-up epochs count in max_epochs."
             )
+        modality = get_modality(backbone)
         with torch.no_grad():
             probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
-                backbone.eval()(get_modality(backbone).example_input(backbone))
+                backbone.eval()(modality.example_input(backbone))
             )
         head = build_head(self.head, int(probe.shape[1]), len(self.classes_), self.head_dropout)
         self.n_frozen_ = n_frozen
-        modality = get_modality(backbone)
         if not modality.augmentable and self.augment not in (None, "none"):
             raise InputError(
                 f"augment applies to images; use augment=None with a {modality.name} backbone."
@@ -821,9 +821,16 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     def _run_net(self, X) -> np.ndarray:
         X = check_input(self, X, reset=False)
         source = as_source(X, self.backbone_.modality)
+        modality = get_modality(self.backbone_)
+        run = {
+            "batch_size": _runtime.resolve_batch_size("auto", self.device_, modality),
+            "device": self.device_,
+            "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+            "desc": "predict",
+        }
         net = self.net_.module_.from_stage(0)
         if self.tta != "none":
-            if not get_modality(self.backbone_).spatial:
+            if not modality.spatial:
                 raise InputError(
                     f"tta={self.tta!r} needs an image backbone; {self.backbone_.name!r} is a "
                     f"{self.backbone_.modality} backbone. Use tta='none'."
@@ -837,26 +844,16 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             acts = self._frozen_activations(
                 source, _runtime.resolve_num_workers(self.num_workers), {cut: keys[cut]}
             )
+            # the fitted net takes its inputs at stage input_stage_
             return _runtime.run_inference(
-                self.net_.module_,  # takes its inputs at stage input_stage_
-                _runtime.TensorItems(acts),
-                batch_size=_runtime.resolve_batch_size(
-                    "auto", self.device_, get_modality(self.backbone_)
-                ),
-                device=self.device_,
-                dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
-                num_workers=0,
-                desc="predict",
+                self.net_.module_, _runtime.TensorItems(acts), num_workers=0, **run
             )
         return _runtime.run_inference(
             net,
             make_dataset(source, self.transform_),
-            batch_size=_runtime.resolve_batch_size("auto", self.device_, get_modality(self.backbone_)),
-            device=self.device_,
-            dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
             num_workers=_runtime.resolve_num_workers(self.num_workers),
             verbose=0,
-            desc="predict",
+            **run,
         )
 
     # ------------------------------------------------------------------ fitted views

@@ -95,40 +95,49 @@ def _fitted(estimator, attribute: str) -> None:
         ) from exc
 
 
-def _serving(estimator) -> tuple[nn.Module, object, dict]:
-    """(network from the preprocessed tensor to the output, backbone, description)."""
+def _image_backbone(estimator):
+    """The fitted image backbone of an exportable estimator (errors say why not)."""
     from .extraction import PretrainedFeatureExtractor
     from .finetune import FineTuneClassifier
 
     if isinstance(estimator, PretrainedFeatureExtractor):
         _fitted(estimator, "backbone_")
-        backbone = estimator.backbone_
-        module = estimator._feature_net()
-        output = {
-            "name": "features",
-            "shape": ["batch", int(estimator.n_features_out_)],
-            "feature_names": [str(f) for f in estimator.get_feature_names_out()],
-        }
     elif isinstance(estimator, FineTuneClassifier):
         _fitted(estimator, "net_")
-        backbone = estimator.backbone_
-        module = _Probabilities(estimator.net_.module_.from_stage(0))
-        output = {
-            "name": "probabilities",
-            "shape": ["batch", len(estimator.classes_)],
-            "classes": [c.item() if hasattr(c, "item") else c for c in estimator.classes_],
-        }
     else:
         raise ExportError(
             f"export takes a fitted PretrainedFeatureExtractor, FineTuneClassifier or a Pipeline "
             f"starting with a PretrainedFeatureExtractor; got {type(estimator).__name__}."
         )
+    backbone = estimator.backbone_
     if not get_modality(backbone).spatial:
         raise ExportError(
             f"Backbone {backbone.name!r} is a {backbone.modality} backbone; export supports image "
             "backbones only (a text model needs its tokenizer in front of the graph). Pickle the "
             "estimator, or export the text model with its own library."
         )
+    return backbone
+
+
+def _serving(estimator) -> tuple[nn.Module, object, dict]:
+    """(network from the preprocessed tensor to the output, backbone, description)."""
+    from .extraction import PretrainedFeatureExtractor
+
+    backbone = _image_backbone(estimator)
+    if isinstance(estimator, PretrainedFeatureExtractor):
+        module = estimator._feature_net()
+        output = {
+            "name": "features",
+            "shape": ["batch", int(estimator.n_features_out_)],
+            "feature_names": [str(f) for f in estimator.get_feature_names_out()],
+        }
+    else:
+        module = _Probabilities(estimator.net_.module_.from_stage(0))
+        output = {
+            "name": "probabilities",
+            "shape": ["batch", len(estimator.classes_)],
+            "classes": [c.item() if hasattr(c, "item") else c for c in estimator.classes_],
+        }
     # a copy on the CPU in fp32 and eval mode: the estimator itself is left as it was
     module = copy.deepcopy(module).to("cpu", torch.float32).eval()
     module = module.to(memory_format=torch.contiguous_format)
@@ -365,9 +374,7 @@ def preprocess(estimator, X) -> np.ndarray:
 
     if isinstance(estimator, Pipeline):
         estimator = estimator.steps[0][1]
-    _, backbone, _ = _serving(estimator)
-    if not get_modality(backbone).spatial:
-        raise ExportError(f"preprocess takes image backbones; {backbone.name!r} is not one.")
+    backbone = _image_backbone(estimator)
     data = make_dataset(as_source(X, backbone.modality), estimator.transform_)
     return np.stack([data.load(i).numpy() for i in range(len(data))]).astype(np.float32)
 
@@ -466,12 +473,11 @@ def _export_pipeline(pipeline: Pipeline, path: Path, opset: int) -> Path:
             "A Pipeline exports when its first step is a PretrainedFeatureExtractor; this one "
             f"starts with {type(first).__name__}."
         )
-    _fitted(first, "backbone_")
+    backbone = _image_backbone(first)
     _register_converter()
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    _, backbone, _ = _serving(first)
     shape = [None, *map(int, _example(backbone).shape[1:])]
     last = pipeline.steps[-1][1]
     options = {id(last): {"zipmap": False}} if hasattr(last, "predict_proba") else None

@@ -75,19 +75,11 @@ class TTAClassifierNet(nn.Module):
     mean softmax probability, so ``softmax`` of the output is the averaged probability and
     its ``argmax`` the averaged prediction."""
 
-    def __init__(self, net: nn.Module, mode: str = "flip", multilabel: bool = False):
+    def __init__(self, net: nn.Module, mode: str = "flip"):
         super().__init__()
         self.net = net
         self.views = tta_views(mode)
-        self.multilabel = multilabel
 
     def forward(self, x):
-        probs = None
-        for view in self.views:
-            logits = self.net(view(x)).float()
-            p = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
-            probs = p if probs is None else probs + p
-        probs = probs / len(self.views)
-        if self.multilabel:  # logits of the mean probability
-            return torch.logit(probs.clamp(1e-7, 1 - 1e-7))
-        return probs.clamp_min(1e-12).log()
+        probs = sum(torch.softmax(self.net(view(x)).float(), dim=1) for view in self.views)
+        return (probs / len(self.views)).clamp_min(1e-12).log()
