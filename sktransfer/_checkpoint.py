@@ -135,7 +135,7 @@ def fit_identity(params: dict, source, y_enc, classes, val, seed) -> str:
     ``params`` are the estimator's ``get_params(deep=False)`` (``verbose``,
     ``num_workers``, ``checkpoint_dir`` and ``memory`` are left out: they do not
     change the model); ``source`` and ``y_enc`` the training items and their encoded
-    labels, ``classes`` the labels; ``val`` the validation plan (a given validation
+    targets (class codes, or float targets), ``classes`` what the targets are; ``val`` the validation plan (a given validation
     set counts with its content); ``seed`` the seed, or None when ``random_state`` is
     None (the fit then has no reproducible seed: see :class:`FitCheckpoint`).
 
@@ -165,7 +165,11 @@ def fit_identity(params: dict, source, y_enc, classes, val, seed) -> str:
         h.update(f"{type(src).__name__}:{len(src)}".encode())
         for i in range(len(src)):
             h.update(src.fingerprint(i))
-        h.update(np.ascontiguousarray(np.asarray(y, dtype=np.int64)).tobytes())
+        y = np.asarray(y)
+        if y.dtype.kind in "iub":  # class codes, hashed as int64 (as every version did)
+            h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+        else:  # float targets (regression, label indicators), with their shape
+            h.update(f"{y.shape}".encode() + np.ascontiguousarray(y, dtype=np.float64).tobytes())
 
     data(source, y_enc)
     if val is None:

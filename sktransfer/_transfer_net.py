@@ -9,7 +9,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from skorch import NeuralNetClassifier
+from skorch import NeuralNet, NeuralNetClassifier
 from skorch.dataset import unpack_data
 from skorch.utils import TeeGenerator
 from torch import nn
@@ -18,7 +18,13 @@ from . import _runtime
 from ._backbone import Backbone, StagedNet
 from .exceptions import InputError
 
-__all__ = ["SkorchTransferNet", "TransferNet", "build_head"]
+__all__ = [
+    "MultiLabelLoss",
+    "SkorchTransferNet",
+    "SkorchTransferNetRegressor",
+    "TransferNet",
+    "build_head",
+]
 
 
 class TransferNet(StagedNet):
@@ -62,7 +68,8 @@ class TransferNet(StagedNet):
 
 
 def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> nn.Module:
-    """Build the classification head.
+    """Build the head: ``in_features`` pooled features to ``n_classes`` outputs (class
+    logits, label logits, or regression targets).
 
     Parameters
     ----------
@@ -127,6 +134,33 @@ def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> 
     return module
 
 
+class MultiLabelLoss(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy on one logit per label, with label smoothing: each 0/1
+    target becomes ``label_smoothing / 2`` / ``1 - label_smoothing / 2`` (the
+    two-class case of cross-entropy's label smoothing). ``pos_weight`` weighs each
+    label's positives, as in ``torch.nn.BCEWithLogitsLoss``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> z, y = torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]])
+    >>> smooth = torch.tensor([[0.95, 0.05]])
+    >>> ref = torch.nn.functional.binary_cross_entropy_with_logits(z, smooth)
+    >>> bool(torch.isclose(MultiLabelLoss(label_smoothing=0.1)(z, y), ref))
+    True
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, pos_weight=None):
+        super().__init__(pos_weight=pos_weight)
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, input, target):
+        target = target.to(input.dtype)
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+        return super().forward(input, target)
+
+
 class _LabeledDataset(torch.utils.data.Dataset):
     """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
 
@@ -144,8 +178,9 @@ class _LabeledDataset(torch.utils.data.Dataset):
         return x, self.y[i]
 
 
-class SkorchTransferNet(NeuralNetClassifier):
-    """skorch net whose optimizer holds only trainable parameters, with autocast (AMP).
+class _TransferTraining:
+    """What both skorch nets of the fine-tuning estimators add to skorch: an optimizer that
+    holds only trainable parameters, discriminative learning rates, autocast (AMP).
 
     The head trains at ``lr`` and the top trainable backbone stage at ``lr *
     backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
@@ -250,3 +285,13 @@ class SkorchTransferNet(NeuralNetClassifier):
         with _runtime.autocast(device, _runtime.PRECISION_DTYPES[self.amp_dtype]):
             out = self.module_(x, **fit_params)
         return out.float()
+
+
+class SkorchTransferNet(_TransferTraining, NeuralNetClassifier):
+    """The skorch net of :class:`~sktransfer.FineTuneClassifier` on single-label targets
+    (cross-entropy, skorch's ``valid_acc``); see :class:`_TransferTraining`."""
+
+
+class SkorchTransferNetRegressor(_TransferTraining, NeuralNet):
+    """The skorch net for float targets: :class:`~sktransfer.FineTuneRegressor` and
+    multi-label :class:`~sktransfer.FineTuneClassifier` (losses only, no accuracy)."""

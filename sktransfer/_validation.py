@@ -133,6 +133,29 @@ def stratified_split(y, fraction: float, random_state, *, option: str, remedy: s
     )
 
 
+def random_split(n: int, fraction: float, random_state, *, option: str, remedy: str):
+    """Indices ``(train, valid)`` of a shuffled split that holds out ``fraction`` of ``n``
+    items: for targets that cannot be stratified (regression, label sets).
+
+    Examples
+    --------
+    >>> train, valid = random_split(10, 0.2, 0, option="validation_split=0.2", remedy="")
+    >>> len(train), len(valid), sorted(train.tolist() + valid.tolist()) == list(range(10))
+    (8, 2, True)
+    >>> random_split(1, 0.5, 0, option="validation_split=0.5", remedy="Use more data.")
+    Traceback (most recent call last):
+    ...
+    sktransfer.exceptions.InputError: validation_split=0.5 cannot split 1 sample(s) ...
+    """
+    n_val = math.ceil(fraction * n)
+    if n_val < 1 or n - n_val < 1:
+        raise InputError(
+            f"{option} cannot split {n} sample(s) into a training and a validation part: "
+            f"{n_val} to hold out, {n - n_val} to train on; each needs 1+. {remedy}".rstrip()
+        )
+    return train_test_split(np.arange(n), test_size=fraction, random_state=random_state)
+
+
 def check_prefixed_params(estimator, params: dict, prefixes) -> None:
     """Refuse extra (``**kwargs``) parameters whose names lack one of ``prefixes``.
 

@@ -1,4 +1,9 @@
-"""FineTuneClassifier: partial and full fine-tuning as one scikit-learn classifier.
+"""FineTuneClassifier and FineTuneRegressor: partial and full fine-tuning as
+scikit-learn estimators.
+
+Both share one front (:class:`_FineTuneEstimator`: parameters, ``fit``, the staged
+network, the prediction path); each says only what its targets are: single- or
+multi-label classes, or continuous values.
 
 Training runs on skorch (history, callbacks, ``optimizer__``/``iterator_train__``
 prefixed parameters, ``Checkpoint``); freezing, two-phase training, early
@@ -22,12 +27,12 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_array, column_or_1d
 from skorch.callbacks import EarlyStopping, LRScheduler
 from skorch.helper import predefined_split
 from torch import nn
@@ -38,7 +43,14 @@ from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
 from ._checkpoint import FitCheckpoint, attach_checkpoint, fit_identity
 from ._lr_schedule import LR_SCHEDULES, PhasedLRScheduler
 from ._modality import as_source, get_modality, make_transform
-from ._transfer_net import SkorchTransferNet, TransferNet, _LabeledDataset, build_head
+from ._transfer_net import (
+    MultiLabelLoss,
+    SkorchTransferNet,
+    SkorchTransferNetRegressor,
+    TransferNet,
+    _LabeledDataset,
+    build_head,
+)
 from ._validation import (
     HasMethods,
     Interval,
@@ -46,6 +58,7 @@ from ._validation import (
     check_fitted,
     check_input,
     check_prefixed_params,
+    random_split,
     stratified_split,
     validate_params,
 )
@@ -54,9 +67,9 @@ from .backbones import Backbone, Pooling, load_backbone
 from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
 from .exceptions import DeviceWarning, InputError, ItemLoadError
 from .io import make_dataset
-from .tta import TTA_MODES, TTAClassifierNet
+from .tta import TTA_MODES, TTANet
 
-__all__ = ["FineTuneClassifier", "TransferNet", "build_head"]
+__all__ = ["FineTuneClassifier", "FineTuneRegressor", "TransferNet", "build_head"]
 
 # With memory=, a fit also stores the activations at the cuts of this many shallower
 # freeze depths (the next ones a search over `unfreeze` tries), so that the frozen
@@ -70,202 +83,29 @@ _SKORCH_PREFIXES = (
     "callbacks__",
     "criterion__",
 )
+_REGRESSION_LOSSES = {
+    "squared_error": nn.MSELoss,
+    "absolute_error": nn.L1Loss,
+    "huber": nn.HuberLoss,
+}
 
 
 # --------------------------------------------------------------------------- estimator
 
 
-class FineTuneClassifier(ClassifierMixin, BaseEstimator):
-    """Fine-tune a pretrained backbone with a new head, as a scikit-learn classifier.
+class _FineTuneEstimator(BaseEstimator):
+    """The shared front of :class:`FineTuneClassifier` and :class:`FineTuneRegressor`:
+    parameters, ``fit``, the staged network, checkpoints, the cache and the prediction
+    path. A subclass says what its targets are, through these methods:
 
-    One parameter, ``unfreeze``, spans the classic recipes: ``0`` trains only
-    the head on frozen features (feature extraction), ``k`` also trains the
-    top ``k`` stages of the backbone (partial fine-tuning, at ``lr *
-    backbone_lr_scale``), ``"all"`` trains everything (full fine-tuning).
-    With ``warmup_epochs`` the head trains alone first (two-phase training).
-    ``unfreeze`` is a plain hyper-parameter, so ``GridSearchCV`` can search it.
-
-    The defaults are the recipe that measured best within a CPU budget
-    (``benchmarks/strategies.py``, ``docs/strategies.md``): the top stage of the
-    backbone trains with the head (``unfreeze=1``, at 0.1x the head's rate) for 6
-    epochs under a one-cycle schedule, with label smoothing 0.1. The frozen
-    stages run once per image, so a default fit costs little more than feature
-    extraction.
-
-    Parameters
-    ----------
-    backbone : str, path, nn.Module or BackboneSpec, default="efficientnet_lite0"
-        As for :class:`~sktransfer.PretrainedFeatureExtractor`.
-    pretrained : bool, default=True
-        ``False`` starts from random weights (training from scratch, for comparison);
-        a given module, spec or Backbone is re-initialised on a copy (see
-        :func:`~sktransfer.backbones.load_backbone`).
-    unfreeze : int or "all", default=1
-        How many of the backbone's top stages train (``backbone_.stage_names``
-        lists them, bottom first): 0 = head only, ``len(stage_names)`` or
-        ``"all"`` = everything.
-    head : None, int, sequence of int, str, nn.Module or callable, default=None
-        Linear head by default; hidden sizes such as ``(1024, 512)`` or
-        ``"1024-512"`` give an MLP; see :func:`build_head`.
-    head_dropout : float, default=0.0
-        Dropout before each layer of the head.
-    pooling : {"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"}, default="auto"
-        As in :class:`~sktransfer.PretrainedFeatureExtractor`: ``"auto"`` is the
-        model's own representation (pre-logits, a sentence-transformers pipeline,
-        CLIP's projection), the head's input.
-    lr : float, default=1e-3
-        Learning rate of the head.
-    backbone_lr_scale : float, default=0.1
-        Unfrozen backbone stages train at ``lr * backbone_lr_scale`` (the top
-        one, with ``layer_decay``).
-    layer_decay : float in (0, 1], default=1.0
-        Layer-wise learning-rate decay, as in BEiT and DINOv2 fine-tuning: the
-        top unfrozen stage trains at ``lr * backbone_lr_scale``, the one below
-        at ``lr * backbone_lr_scale * layer_decay``, the next at
-        ``lr * backbone_lr_scale * layer_decay**2``, and so on down to the lowest
-        unfrozen stage. ``1.0`` turns it off (every unfrozen stage at
-        ``lr * backbone_lr_scale``). A plain hyper-parameter: ``GridSearchCV``
-        can search it with ``unfreeze``.
-    weight_decay : float, default=1e-4
-    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
-    warmup_epochs : int, default=0
-        Epochs (counted in ``max_epochs``) during which only the head trains.
-    lr_schedule : {"constant", "cosine", "onecycle"}, default="onecycle"
-        How every learning rate (head and backbone groups alike, so their
-        ratios hold) changes, batch by batch, over the epochs after warm-up
-        (over all epochs without warm-up); warm-up epochs train the head at a
-        constant ``lr``. ``"cosine"`` decays from the base rates to 0 along a
-        half cosine; ``"onecycle"`` rises from 1/25 of them over the first 25%
-        of the batches, then decays to 0 (fastai's ``fit_one_cycle``). A skorch
-        ``LRScheduler`` callback named ``"lr_scheduler"``; the head's rate of
-        each batch is in ``history_[:, "batches", :, "event_lr"]``.
-    label_smoothing : float in [0, 1), default=0.1
-        Label smoothing of the cross-entropy loss
-        (``torch.nn.CrossEntropyLoss(label_smoothing=...)``): the target puts
-        ``1 - label_smoothing`` on the true class and spreads the rest evenly
-        over all classes.
-    max_epochs : int, default=6
-    batch_size : int, default=32
-    augment : None, "light", "strong" or callable, default=None
-        Training-time augmentation (see :mod:`sktransfer.augment`).
-        Augmentation turns off the frozen-feature reuse.
-    validation_split : float, tuple (X_val, y_val) or None, default=0.2
-        A stratified fraction of the training data held out for validation
-        (early stopping, history), or explicit validation data.
-    early_stopping : int or False, default=5
-        Patience in epochs on the validation loss (the training loss without
-        validation); the best epoch's weights are restored at the end.
-    class_weight : None, "balanced" or dict, default=None
-    callbacks : list of skorch callbacks, optional
-        Extra callbacks, e.g. ``skorch.callbacks.Checkpoint``.
-    random_state : int or None, default=None
-        Seeds weight init, shuffling, augmentation and the validation split:
-        two CPU fits with the same seed give identical predictions.
-    device : str, default="auto"
-    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        ``"auto"``: autocast (AMP) on CUDA (bf16 where the GPU has it, else fp16), fp32
-        on the CPU. ``"fp16"`` is fp16 on every device, never silently bf16, and trains
-        with a gradient scaler (``torch.amp.GradScaler``) so that small gradients do not
-        underflow; on the CPU fp16 is mostly emulated and slower than fp32.
-    num_workers : int or "auto", default="auto"
-    cache_frozen : bool, default=True
-        Compute the frozen stages once per image and train the top from those
-        activations (exact: frozen stages run in eval mode). Off with
-        augmentation, since augmented images differ every epoch.
-    memory : None, str, joblib.Memory or FeatureMemory, default=None
-        ``None`` reuses frozen activations within one ``fit`` only. A folder
-        (or ``joblib.Memory``) keeps them on disk, keyed by the frozen
-        weights, cut point, preprocessing and each image's content, so grid
-        candidates, CV folds, later fits and other processes reuse them, and
-        ``predict`` runs only the trainable top (see :mod:`sktransfer.cache`);
-        ``predict`` computes and stores only the cut the fitted model starts from.
-        For images a fit also stores the activations at the cuts of the two
-        next shallower freeze depths (``unfreeze + 1`` and ``+ 2``), and a
-        missing cut is computed on from a shallower one already stored, so a
-        search over ``unfreeze`` runs the frozen bottom once per image (at
-        most three cuts' worth of disk per image and fit).
-    checkpoint_dir : str or None, default=None
-        Save the training state after every epoch, atomically, to one file per
-        fit, ``sktransfer-finetune-<key>.pt``. The key is a hash of the fit's
-        identity: every parameter except ``verbose``, ``num_workers``,
-        ``memory`` and ``checkpoint_dir`` (modules by their weights), the
-        training data's content and labels (and a given validation set's), and
-        the seed. A later ``fit`` with the same identity resumes from the file,
-        so a killed run loses at most the epoch in progress and a finished one
-        trains no further; any other fit starts fresh in its own file, so CV
-        folds and grid-search candidates sharing a folder never load each
-        other's weights. With ``random_state=None`` the key has no seed: a rerun
-        on the same parameters and data resumes, with the seed the first run
-        drew. Restored: the weights and warm-up phase, the optimizer state, the
-        history, the torch random state, each skorch ``LRScheduler``'s schedule,
-        early stopping's patience counter, best score and best weights, and the
-        history's best scores, so the resumed run ends as the run never killed.
-        ``partial_fit`` calls after the first are not checkpointed. A NaN loss
-        stops training and leaves the last good epoch there.
-    tta : {"none", "flip", "flip+crops"}, default="none"
-        Test-time augmentation of ``predict``, ``predict_proba`` and
-        ``decision_function``: the probabilities are averaged over the image and its
-        horizontal mirror (``"flip"``, 2 forward passes), plus the four corner crops
-        and the centre crop covering 87.5% of each side (``"flip+crops"``, 7 passes),
-        taken on the preprocessed batch (see :mod:`sktransfer.tta`). With it on,
-        ``decision_function`` gives the log of the averaged probabilities (with two
-        classes, ``log p1 - log p0``), and
-        prediction runs the whole network on the images (not the cached frozen
-        activations). Only prediction changes: ``set_params(tta=...)`` on a fitted
-        model needs no refit. Image backbones only.
-    verbose : int, default=1
-        1 prints skorch's per-epoch table; 0 is quiet.
-    **kwargs
-        skorch parameters with the prefixes ``optimizer__``, ``iterator_train__``,
-        ``iterator_valid__``, ``callbacks__`` and ``criterion__`` (checked by ``fit``).
-        ``optimizer__param_groups=[("head.*", {"lr": 1e-2})]`` gives the parameters
-        whose names match a pattern (``net_.module_.named_parameters()``) their own
-        optimizer settings, on top of the head / backbone learning rates.
-
-    Notes
-    -----
-    Fitted attributes are set only by a successful ``fit``: a ``fit`` that fails
-    leaves the estimator as it was (unfitted, or with the previous fit's model).
-    ``partial_fit`` on a fitted estimator trains ``net_`` in place: an error found
-    before training (bad labels, unreadable files) changes nothing, an error during
-    its epochs (a diverged loss) leaves the estimator unfitted, since its weights are
-    then half-updated (with ``checkpoint_dir``, the last good epoch is on disk).
-    Prediction never changes the estimator.
-
-    Input files are read during ``fit`` and ``predict``; there is no ``on_error``
-    option: every item must be readable, and an unreadable one raises
-    :class:`~sktransfer.exceptions.ItemLoadError` naming it.
-
-    Attributes
-    ----------
-    classes_ : ndarray
-        The labels, in the order of ``predict_proba``'s columns.
-    net_ : skorch.NeuralNetClassifier
-        The trained skorch net; ``net_.module_`` is the :class:`TransferNet`.
-    history_ : skorch.History
-        Per-epoch losses and accuracies.
-    backbone_ : Backbone
-        The backbone inside ``net_.module_``.
-    n_frozen_ : int
-        Number of frozen stages.
-    device_ : torch.device
-    n_features_in_ : int
-
-    See Also
-    --------
-    sktransfer.PretrainedFeatureExtractor
-
-    Examples
-    --------
-    >>> from sklearn.datasets import load_digits
-    >>> from sktransfer import FineTuneClassifier
-    >>> d = load_digits()
-    >>> clf = FineTuneClassifier(max_epochs=2, validation_split=None, verbose=0,
-    ...                          random_state=0).fit(d.images[:60], d.target[:60])
-    >>> clf.predict(d.images[:3]).shape
-    (3,)
+    - ``_encode_targets(y, n_items, continue_training, classes, what)``: ``y`` checked
+      and encoded for the network (on the first fit, it also sets the target's fitted
+      attributes: ``classes_``, or the regressor's scaling);
+    - ``_split(y_enc, fraction, seed, option, remedy)``: the validation split;
+    - ``_n_outputs()``, ``_skorch_net(y_enc)`` (the skorch class, criterion and its
+      parameters), ``_target_labels()`` (what a checkpoint must match),
+      ``_tta_average()`` (how test-time views are averaged).
     """
-
     _parameter_constraints = {
         "backbone": "no_validation",
         "pretrained": ["boolean"],
@@ -280,13 +120,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
-        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "augment": [None, StrOptions({"light", "strong", "none"}), callable],
         "validation_split": [None, Interval(Real, 0, 1, closed="neither"), tuple],
         "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
-        "class_weight": [None, StrOptions({"balanced"}), dict],
         "callbacks": [None, list],
         "random_state": ["random_state"],
         "device": [str, torch.device],
@@ -298,73 +136,6 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         "tta": [StrOptions(set(TTA_MODES))],
         "verbose": ["verbose"],
     }
-
-    def __init__(
-        self,
-        backbone="efficientnet_lite0",
-        *,
-        pretrained=True,
-        unfreeze=1,
-        head=None,
-        head_dropout=0.0,
-        pooling="auto",
-        lr=1e-3,
-        backbone_lr_scale=0.1,
-        layer_decay=1.0,
-        weight_decay=1e-4,
-        optimizer="adamw",
-        warmup_epochs=0,
-        lr_schedule="onecycle",
-        label_smoothing=0.1,
-        max_epochs=6,
-        batch_size=32,
-        augment=None,
-        validation_split=0.2,
-        early_stopping=5,
-        class_weight=None,
-        callbacks=None,
-        random_state=None,
-        device="auto",
-        precision="auto",
-        num_workers="auto",
-        cache_frozen=True,
-        memory=None,
-        checkpoint_dir=None,
-        tta="none",
-        verbose=1,
-        **kwargs,
-    ):
-        self.backbone = backbone
-        self.pretrained = pretrained
-        self.unfreeze = unfreeze
-        self.head = head
-        self.head_dropout = head_dropout
-        self.pooling = pooling
-        self.lr = lr
-        self.backbone_lr_scale = backbone_lr_scale
-        self.layer_decay = layer_decay
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.warmup_epochs = warmup_epochs
-        self.lr_schedule = lr_schedule
-        self.label_smoothing = label_smoothing
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.augment = augment
-        self.validation_split = validation_split
-        self.early_stopping = early_stopping
-        self.class_weight = class_weight
-        self.callbacks = callbacks
-        self.random_state = random_state
-        self.device = device
-        self.precision = precision
-        self.num_workers = num_workers
-        self.cache_frozen = cache_frozen
-        self.memory = memory
-        self.checkpoint_dir = checkpoint_dir
-        self.tta = tta
-        self.verbose = verbose
-        self._skorch_kwargs = dict(kwargs)  # stored as given; fit checks the names
 
     # ------------------------------------------------------------------ params
 
@@ -403,7 +174,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit
 
     def fit(self, X, y):
-        """Train on images ``X`` (anything the extractor accepts) with labels ``y``.
+        """Train on ``X`` (images or texts, anything the extractor accepts) with targets ``y``.
 
         The fit runs on an unfitted copy of the estimator whose fitted attributes
         replace this one's only when it succeeds.
@@ -417,7 +188,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     def partial_fit(self, X, y, classes=None):
         """Continue training for ``max_epochs`` more epochs (fits first if needed).
 
-        ``classes`` lists every label when the first call does not see them all.
+        ``classes`` (classifiers) lists every label when the first call does not see them
+        all.
         An error during the added epochs leaves the estimator unfitted (see Notes).
         """
         if not hasattr(self, "net_"):
@@ -458,7 +230,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             # every input error is raised here, before any training starts
             backbone = self.backbone_ if continue_training else self._load_backbone()
             source = as_source(X, backbone.modality)
-            y_enc = self._encode_labels(y, len(source), continue_training, classes)
+            y_enc = self._encode_targets(y, len(source), continue_training, classes)
             val = self._validation_plan(y_enc, backbone.modality, seed)
             if not continue_training:
                 self.device_ = device
@@ -479,7 +251,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             epochs = None  # skorch's default: max_epochs
             if self.checkpoint_dir is not None:
                 # partial_fit's later calls train on other data: they are not checkpointed
-                epochs = attach_checkpoint(net, checkpoint, self.classes_.tolist())
+                epochs = attach_checkpoint(net, checkpoint, self._target_labels())
             # partial_fit: the net was initialized by _build; fit would re-initialize it
             # (the net takes its inputs at stage input_stage_, fixed when it was built)
             if epochs is None or epochs > 0:
@@ -493,51 +265,13 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             self.get_params(deep=False),
             source,
             y_enc,
-            self.classes_.tolist(),
+            self._target_labels(),
             val,
             None if reuse_seed else seed,
         )
         return FitCheckpoint(
             self.checkpoint_dir, identity, seed, reuse_seed=reuse_seed, device=self.device_
         )
-
-    def _encode_labels(self, y, n_items, continue_training, classes):
-        name = type(self).__name__
-        if y is None:
-            raise InputError(
-                f"{name} requires y to be passed, but the target y is None: pass one label "
-                "per item of X."
-            )
-        y = np.asarray(y)
-        if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
-            raise InputError(f"y must be 1-D (one label per item); got shape {y.shape}.")
-        y = column_or_1d(y, warn=True)  # a column vector warns (DataConversionWarning)
-        if len(y) != n_items:
-            raise InputError(f"X has {n_items} items but y has {len(y)} labels; they must match.")
-        check_classification_targets(y)
-        if continue_training:
-            return self._encode_known(y, "y", "pass classes= to the first partial_fit")
-        seen = y if classes is None else np.concatenate([np.asarray(classes), y])
-        encoder = LabelEncoder().fit(seen)
-        if len(encoder.classes_) < 2:
-            raise InputError(
-                f"y contains only one class ({encoder.classes_[0]!r}, n_samples={len(y)}); a "
-                "classifier needs samples of at least 2 classes."
-            )
-        self.classes_ = encoder.classes_
-        return encoder.transform(y)
-
-    def _encode_known(self, y, what, remedy):
-        """Codes of labels ``y`` that must all be in ``classes_``."""
-        unseen = np.setdiff1d(y, self.classes_)
-        if len(unseen):
-            raise InputError(
-                f"{what} contains labels {unseen[:5].tolist()} not in the classes of the fit "
-                f"(classes_={self.classes_.tolist()[:10]}); {remedy}."
-            )
-        encoder = LabelEncoder()
-        encoder.classes_ = self.classes_
-        return encoder.transform(y)
 
     def _validation_plan(self, y_enc, modality, seed):
         """None, ("split", train_idx, valid_idx) or ("given", X_val, y_val_enc); raises
@@ -550,14 +284,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 raise InputError("validation_split as a tuple must be (X_val, y_val).")
             X_val, y_val = vs
             src = as_source(X_val, modality)
-            y_val = column_or_1d(np.asarray(y_val), warn=True)
-            if len(y_val) != len(src):
-                raise InputError(
-                    f"validation X_val has {len(src)} items but y_val has {len(y_val)} labels."
-                )
-            return ("given", src, self._encode_known(y_val, "y_val", "every class must be in y"))
-        train, valid = stratified_split(
-            self.classes_[y_enc],
+            y_val = self._encode_targets(y_val, len(src), True, None, what="y_val")
+            return ("given", src, y_val)
+        train, valid = self._split(
+            y_enc,
             vs,
             seed % (2**31 - 1),
             option=f"validation_split={vs}",
@@ -604,7 +334,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
                 backbone.eval()(modality.example_input(backbone))
             )
-        head = build_head(self.head, int(probe.shape[1]), len(self.classes_), self.head_dropout)
+        head = build_head(self.head, int(probe.shape[1]), self._n_outputs(), self.head_dropout)
         self.n_frozen_ = n_frozen
         if not modality.augmentable and self.augment not in (None, "none"):
             raise InputError(
@@ -675,14 +405,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 "adam": torch.optim.Adam,
                 "sgd": torch.optim.SGD,
             }[optimizer]
-        criterion_kwargs = {"criterion__label_smoothing": float(self.label_smoothing)}
-        if self.class_weight == "balanced":
-            codes = np.arange(len(self.classes_))
-            weights = compute_class_weight("balanced", classes=codes, y=y_enc)
-        elif self.class_weight is not None:
-            weights = np.asarray([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
-        if self.class_weight is not None:
-            criterion_kwargs["criterion__weight"] = torch.as_tensor(weights, dtype=torch.float32)
+        net_class, criterion, net_kwargs = self._skorch_net(y_enc)
         workers = _runtime.resolve_num_workers(self.num_workers)
         loader = _runtime.loader_kwargs(self.device_, workers)
         collate = get_modality(module.backbone).collate(self.transform_)
@@ -692,19 +415,18 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             "optimizer__weight_decay": self.weight_decay,
             **{f"iterator_train__{k}": v for k, v in loader.items()},
             **{f"iterator_valid__{k}": v for k, v in loader.items()},
-            **criterion_kwargs,
+            **net_kwargs,
             **self._skorch_kwargs,
         }
-        return SkorchTransferNet(
+        return net_class(
             module,
-            criterion=nn.CrossEntropyLoss,
+            criterion=criterion,
             optimizer=optimizer,
             lr=self.lr,
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
             iterator_train__shuffle=True,
             callbacks=callbacks,
-            classes=list(range(len(self.classes_))),
             device=str(self.device_),
             verbose=self.verbose,
             backbone_lr_scale=self.backbone_lr_scale,
@@ -797,23 +519,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ predict
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``."""
-        return _softmax(self._logits(X))
-
-    def decision_function(self, X) -> np.ndarray:
-        """Confidence scores, as in scikit-learn's classifiers: the head's logits, shape
-        (n_samples, n_classes); with two classes, shape (n_samples,), the logit of
-        ``classes_[1]`` minus that of ``classes_[0]`` (positive: ``classes_[1]``)."""
-        logits = self._logits(X)
-        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
-
-    def predict(self, X) -> np.ndarray:
-        """Predicted labels (elements of ``classes_``)."""
-        logits = self._logits(X)  # first: it raises NotFittedError before fit
-        return self.classes_[np.argmax(logits, axis=1)]
-
-    def _logits(self, X) -> np.ndarray:
+    def _outputs(self, X) -> np.ndarray:
+        """The network's outputs on ``X`` (logits, or standardized regression values)."""
         check_fitted(self, "net_")
         with _item_errors(type(self).__name__, "prediction"):
             return self._run_net(X)
@@ -835,7 +542,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     f"tta={self.tta!r} needs an image backbone; {self.backbone_.name!r} is a "
                     f"{self.backbone_.modality} backbone. Use tta='none'."
                 )
-            net = TTAClassifierNet(net, self.tta)  # log of the averaged probabilities
+            net = TTANet(net, self.tta, self._tta_average())  # outputs of the averaged views
         elif self.memory is not None and self.input_stage_ > 0:
             # frozen part from the cache, trainable top on it: same result, far less compute.
             # Only the cut this model starts from: the extra cuts a fit stores are for fits.
@@ -855,6 +562,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             verbose=0,
             **run,
         )
+
 
     # ------------------------------------------------------------------ fitted views
 
@@ -897,13 +605,608 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         device = state.get("device_")
         if device is not None and device.type == "cuda" and not torch.cuda.is_available():
             warnings.warn(
-                "This classifier was fitted on CUDA, which is not available here; it now runs on "
+                f"This {type(self).__name__} was fitted on CUDA, which is not available here; it now runs on "
                 "the CPU.",
                 DeviceWarning,
                 stacklevel=2,
             )
             self.device_ = torch.device("cpu")
             self.net_.set_params(device="cpu")
+
+
+class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
+    """Fine-tune a pretrained backbone with a new head, as a scikit-learn classifier.
+
+    One parameter, ``unfreeze``, spans the classic recipes: ``0`` trains only
+    the head on frozen features (feature extraction), ``k`` also trains the
+    top ``k`` stages of the backbone (partial fine-tuning, at ``lr *
+    backbone_lr_scale``), ``"all"`` trains everything (full fine-tuning).
+    With ``warmup_epochs`` the head trains alone first (two-phase training).
+    ``unfreeze`` is a plain hyper-parameter, so ``GridSearchCV`` can search it.
+
+    ``y`` holds one label per item (binary or multiclass), or a 2-D 0/1 indicator
+    matrix with one column per label (multi-label, as from
+    ``sklearn.preprocessing.MultiLabelBinarizer``): the head then gives one logit per
+    label, trained with a sigmoid and binary cross-entropy, ``predict`` returns the
+    indicator matrix of the labels whose probability reaches ``threshold``, and
+    ``predict_proba`` each label's probability. :class:`FineTuneRegressor` is the
+    sibling for continuous targets.
+
+    The defaults are the recipe that measured best within a CPU budget
+    (``benchmarks/strategies.py``, ``docs/strategies.md``): the top stage of the
+    backbone trains with the head (``unfreeze=1``, at 0.1x the head's rate) for 6
+    epochs under a one-cycle schedule, with label smoothing 0.1. The frozen
+    stages run once per image, so a default fit costs little more than feature
+    extraction.
+
+    Parameters
+    ----------
+    backbone : str, path, nn.Module or BackboneSpec, default="efficientnet_lite0"
+        As for :class:`~sktransfer.PretrainedFeatureExtractor`.
+    pretrained : bool, default=True
+        ``False`` starts from random weights (training from scratch, for comparison);
+        a given module, spec or Backbone is re-initialised on a copy (see
+        :func:`~sktransfer.backbones.load_backbone`).
+    unfreeze : int or "all", default=1
+        How many of the backbone's top stages train (``backbone_.stage_names``
+        lists them, bottom first): 0 = head only, ``len(stage_names)`` or
+        ``"all"`` = everything.
+    head : None, int, sequence of int, str, nn.Module or callable, default=None
+        Linear head by default; hidden sizes such as ``(1024, 512)`` or
+        ``"1024-512"`` give an MLP; see :func:`build_head`.
+    head_dropout : float, default=0.0
+        Dropout before each layer of the head.
+    pooling : {"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"}, default="auto"
+        As in :class:`~sktransfer.PretrainedFeatureExtractor`: ``"auto"`` is the
+        model's own representation (pre-logits, a sentence-transformers pipeline,
+        CLIP's projection), the head's input.
+    lr : float, default=1e-3
+        Learning rate of the head.
+    backbone_lr_scale : float, default=0.1
+        Unfrozen backbone stages train at ``lr * backbone_lr_scale`` (the top
+        one, with ``layer_decay``).
+    layer_decay : float in (0, 1], default=1.0
+        Layer-wise learning-rate decay, as in BEiT and DINOv2 fine-tuning: the
+        top unfrozen stage trains at ``lr * backbone_lr_scale``, the one below
+        at ``lr * backbone_lr_scale * layer_decay``, the next at
+        ``lr * backbone_lr_scale * layer_decay**2``, and so on down to the lowest
+        unfrozen stage. ``1.0`` turns it off (every unfrozen stage at
+        ``lr * backbone_lr_scale``). A plain hyper-parameter: ``GridSearchCV``
+        can search it with ``unfreeze``.
+    weight_decay : float, default=1e-4
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+    warmup_epochs : int, default=0
+        Epochs (counted in ``max_epochs``) during which only the head trains.
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="onecycle"
+        How every learning rate (head and backbone groups alike, so their
+        ratios hold) changes, batch by batch, over the epochs after warm-up
+        (over all epochs without warm-up); warm-up epochs train the head at a
+        constant ``lr``. ``"cosine"`` decays from the base rates to 0 along a
+        half cosine; ``"onecycle"`` rises from 1/25 of them over the first 25%
+        of the batches, then decays to 0 (fastai's ``fit_one_cycle``). A skorch
+        ``LRScheduler`` callback named ``"lr_scheduler"``; the head's rate of
+        each batch is in ``history_[:, "batches", :, "event_lr"]``.
+    label_smoothing : float in [0, 1), default=0.1
+        Label smoothing of the cross-entropy loss
+        (``torch.nn.CrossEntropyLoss(label_smoothing=...)``): the target puts
+        ``1 - label_smoothing`` on the true class and spreads the rest evenly
+        over all classes. With multi-label targets, each label's 0/1 target becomes
+        ``label_smoothing / 2`` / ``1 - label_smoothing / 2``.
+    threshold : float in [0, 1], default=0.5
+        Multi-label targets only: ``predict`` marks a label present when its
+        probability is at least ``threshold``. Only prediction changes:
+        ``set_params(threshold=...)`` on a fitted model needs no refit.
+    max_epochs : int, default=6
+    batch_size : int, default=32
+    augment : None, "light", "strong" or callable, default=None
+        Training-time augmentation (see :mod:`sktransfer.augment`).
+        Augmentation turns off the frozen-feature reuse.
+    validation_split : float, tuple (X_val, y_val) or None, default=0.2
+        A stratified fraction of the training data held out for validation
+        (early stopping, history), or explicit validation data. Multi-label targets
+        are split at random (label sets are not stratified).
+    early_stopping : int or False, default=5
+        Patience in epochs on the validation loss (the training loss without
+        validation); the best epoch's weights are restored at the end.
+    class_weight : None, "balanced" or dict, default=None
+        Weights of the classes in the loss (``"balanced"``: inversely proportional
+        to their frequencies, as in scikit-learn). With multi-label targets only
+        ``"balanced"`` applies: each label's positives are weighted by its
+        negatives / positives (``BCEWithLogitsLoss(pos_weight=...)``).
+    callbacks : list of skorch callbacks, optional
+        Extra callbacks, e.g. ``skorch.callbacks.Checkpoint``.
+    random_state : int or None, default=None
+        Seeds weight init, shuffling, augmentation and the validation split:
+        two CPU fits with the same seed give identical predictions.
+    device : str, default="auto"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``"auto"``: autocast (AMP) on CUDA (bf16 where the GPU has it, else fp16), fp32
+        on the CPU. ``"fp16"`` is fp16 on every device, never silently bf16, and trains
+        with a gradient scaler (``torch.amp.GradScaler``) so that small gradients do not
+        underflow; on the CPU fp16 is mostly emulated and slower than fp32.
+    num_workers : int or "auto", default="auto"
+    cache_frozen : bool, default=True
+        Compute the frozen stages once per image and train the top from those
+        activations (exact: frozen stages run in eval mode). Off with
+        augmentation, since augmented images differ every epoch.
+    memory : None, str, joblib.Memory or FeatureMemory, default=None
+        ``None`` reuses frozen activations within one ``fit`` only. A folder
+        (or ``joblib.Memory``) keeps them on disk, keyed by the frozen
+        weights, cut point, preprocessing and each image's content, so grid
+        candidates, CV folds, later fits and other processes reuse them, and
+        ``predict`` runs only the trainable top (see :mod:`sktransfer.cache`);
+        ``predict`` computes and stores only the cut the fitted model starts from.
+        For images a fit also stores the activations at the cuts of the two
+        next shallower freeze depths (``unfreeze + 1`` and ``+ 2``), and a
+        missing cut is computed on from a shallower one already stored, so a
+        search over ``unfreeze`` runs the frozen bottom once per image (at
+        most three cuts' worth of disk per image and fit).
+    checkpoint_dir : str or None, default=None
+        Save the training state after every epoch, atomically, to one file per
+        fit, ``sktransfer-finetune-<key>.pt``. The key is a hash of the fit's
+        identity: every parameter except ``verbose``, ``num_workers``,
+        ``memory`` and ``checkpoint_dir`` (modules by their weights), the
+        training data's content and labels (and a given validation set's), and
+        the seed. A later ``fit`` with the same identity resumes from the file,
+        so a killed run loses at most the epoch in progress and a finished one
+        trains no further; any other fit starts fresh in its own file, so CV
+        folds and grid-search candidates sharing a folder never load each
+        other's weights. With ``random_state=None`` the key has no seed: a rerun
+        on the same parameters and data resumes, with the seed the first run
+        drew. Restored: the weights and warm-up phase, the optimizer state, the
+        history, the torch random state, each skorch ``LRScheduler``'s schedule,
+        early stopping's patience counter, best score and best weights, and the
+        history's best scores, so the resumed run ends as the run never killed.
+        ``partial_fit`` calls after the first are not checkpointed. A NaN loss
+        stops training and leaves the last good epoch there.
+    tta : {"none", "flip", "flip+crops"}, default="none"
+        Test-time augmentation of ``predict``, ``predict_proba`` and
+        ``decision_function``: the probabilities are averaged over the image and its
+        horizontal mirror (``"flip"``, 2 forward passes), plus the four corner crops
+        and the centre crop covering 87.5% of each side (``"flip+crops"``, 7 passes),
+        taken on the preprocessed batch (see :mod:`sktransfer.tta`). With it on,
+        ``decision_function`` gives the log of the averaged probabilities (with two
+        classes, ``log p1 - log p0``; multi-label: each label's averaged probability
+        is averaged, and its logit returned), and prediction runs the whole network on the images (not the cached frozen
+        activations). Only prediction changes: ``set_params(tta=...)`` on a fitted
+        model needs no refit. Image backbones only.
+    verbose : int, default=1
+        1 prints skorch's per-epoch table; 0 is quiet.
+    **kwargs
+        skorch parameters with the prefixes ``optimizer__``, ``iterator_train__``,
+        ``iterator_valid__``, ``callbacks__`` and ``criterion__`` (checked by ``fit``).
+        ``optimizer__param_groups=[("head.*", {"lr": 1e-2})]`` gives the parameters
+        whose names match a pattern (``net_.module_.named_parameters()``) their own
+        optimizer settings, on top of the head / backbone learning rates.
+
+    Notes
+    -----
+    Fitted attributes are set only by a successful ``fit``: a ``fit`` that fails
+    leaves the estimator as it was (unfitted, or with the previous fit's model).
+    ``partial_fit`` on a fitted estimator trains ``net_`` in place: an error found
+    before training (bad labels, unreadable files) changes nothing, an error during
+    its epochs (a diverged loss) leaves the estimator unfitted, since its weights are
+    then half-updated (with ``checkpoint_dir``, the last good epoch is on disk).
+    Prediction never changes the estimator.
+
+    Input files are read during ``fit`` and ``predict``; there is no ``on_error``
+    option: every item must be readable, and an unreadable one raises
+    :class:`~sktransfer.exceptions.ItemLoadError` naming it.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The labels, in the order of ``predict_proba``'s columns; with multi-label
+        targets, ``arange(n_labels)`` (the indicator matrix's columns), as scikit-learn's
+        ``MLPClassifier`` has it.
+    target_type_ : {"binary", "multiclass", "multilabel-indicator"}
+        The kind of ``y`` (:func:`sklearn.utils.multiclass.type_of_target`'s names).
+    net_ : skorch.NeuralNet
+        The trained skorch net (a ``NeuralNetClassifier`` for single-label targets);
+        ``net_.module_`` is the :class:`TransferNet`.
+    history_ : skorch.History
+        Per-epoch losses and accuracies.
+    backbone_ : Backbone
+        The backbone inside ``net_.module_``.
+    n_frozen_ : int
+        Number of frozen stages.
+    device_ : torch.device
+    n_features_in_ : int
+
+    See Also
+    --------
+    FineTuneRegressor, sktransfer.PretrainedFeatureExtractor
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sktransfer import FineTuneClassifier
+    >>> d = load_digits()
+    >>> clf = FineTuneClassifier(max_epochs=2, validation_split=None, verbose=0,
+    ...                          random_state=0).fit(d.images[:60], d.target[:60])
+    >>> clf.predict(d.images[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        **_FineTuneEstimator._parameter_constraints,
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "threshold": [Interval(Real, 0, 1, closed="both")],
+        "class_weight": [None, StrOptions({"balanced"}), dict],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        pretrained=True,
+        unfreeze=1,
+        head=None,
+        head_dropout=0.0,
+        pooling="auto",
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        layer_decay=1.0,
+        weight_decay=1e-4,
+        optimizer="adamw",
+        warmup_epochs=0,
+        lr_schedule="onecycle",
+        label_smoothing=0.1,
+        threshold=0.5,
+        max_epochs=6,
+        batch_size=32,
+        augment=None,
+        validation_split=0.2,
+        early_stopping=5,
+        class_weight=None,
+        callbacks=None,
+        random_state=None,
+        device="auto",
+        precision="auto",
+        num_workers="auto",
+        cache_frozen=True,
+        memory=None,
+        checkpoint_dir=None,
+        tta="none",
+        verbose=1,
+        **kwargs,
+    ):
+        _store_params(self, locals())
+
+    # ------------------------------------------------------------------ targets
+
+    def _encode_targets(self, y, n_items, continue_training, classes, what="y"):
+        y = _require_y(self, y, what)
+        y_type = type_of_target(y, input_name=what)
+        if y_type == "multilabel-indicator":
+            return self._encode_multilabel(y, n_items, continue_training, what)
+        if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
+            raise InputError(
+                f"{what} must be 1-D (one label per item) or a 2-D indicator matrix (multi-label, "
+                f"as from MultiLabelBinarizer); got shape {y.shape} ({y_type})."
+            )
+        y = column_or_1d(y, warn=True)  # a column vector warns (DataConversionWarning)
+        _check_length(n_items, len(y), what)
+        check_classification_targets(y)
+        if continue_training:
+            if self.target_type_ == "multilabel-indicator":
+                raise InputError(
+                    f"{what} has one label per item, but this classifier was fitted on "
+                    f"multi-label targets ({len(self.classes_)} labels): pass an indicator "
+                    "matrix."
+                )
+            remedy = (
+                "every class must be in y"
+                if what == "y_val"
+                else "pass classes= to the first partial_fit"
+            )
+            return self._encode_known(y, what, remedy)
+        seen = y if classes is None else np.concatenate([np.asarray(classes), y])
+        encoder = LabelEncoder().fit(seen)
+        if len(encoder.classes_) < 2:
+            raise InputError(
+                f"y contains only one class ({encoder.classes_[0]!r}, n_samples={len(y)}); a "
+                "classifier needs samples of at least 2 classes."
+            )
+        self.classes_ = encoder.classes_
+        self.target_type_ = "binary" if len(self.classes_) == 2 else "multiclass"
+        return encoder.transform(y)
+
+    def _encode_multilabel(self, y, n_items, continue_training, what):
+        """A 0/1 indicator matrix (one column per label) as float32 targets."""
+        y = check_array(y, dtype=None, input_name=what)
+        _check_length(n_items, len(y), what)
+        if continue_training:
+            if self.target_type_ != "multilabel-indicator" or y.shape[1] != len(self.classes_):
+                raise InputError(
+                    f"{what} is an indicator matrix of {y.shape[1]} labels, but this classifier "
+                    f"was fitted on {self._targets_description()}."
+                )
+        else:
+            self.classes_ = np.arange(y.shape[1])
+            self.target_type_ = "multilabel-indicator"
+        return np.asarray(y, dtype=np.float32)
+
+    def _targets_description(self) -> str:
+        if self.target_type_ == "multilabel-indicator":
+            return f"multi-label targets ({len(self.classes_)} labels)"
+        return f"one label per item (classes_={self.classes_.tolist()[:10]})"
+
+    def _encode_known(self, y, what, remedy):
+        """Codes of labels ``y`` that must all be in ``classes_``."""
+        unseen = np.setdiff1d(y, self.classes_)
+        if len(unseen):
+            raise InputError(
+                f"{what} contains labels {unseen[:5].tolist()} not in the classes of the fit "
+                f"(classes_={self.classes_.tolist()[:10]}); {remedy}."
+            )
+        encoder = LabelEncoder()
+        encoder.classes_ = self.classes_
+        return encoder.transform(y)
+
+    def _multilabel(self) -> bool:
+        return getattr(self, "target_type_", None) == "multilabel-indicator"  # older pickles: single-label
+
+    def _split(self, y_enc, fraction, seed, *, option, remedy):
+        if self._multilabel():  # label sets cannot be stratified: a shuffled split
+            return random_split(len(y_enc), fraction, seed, option=option, remedy=remedy)
+        return stratified_split(self.classes_[y_enc], fraction, seed, option=option, remedy=remedy)
+
+    def _n_outputs(self) -> int:
+        return len(self.classes_)
+
+    def _target_labels(self) -> list:
+        return self.classes_.tolist()
+
+    def _tta_average(self) -> str:
+        return "sigmoid" if self._multilabel() else "softmax"
+
+    def _skorch_net(self, y_enc):
+        weights = None
+        if self._multilabel():
+            if isinstance(self.class_weight, dict):
+                raise InputError(
+                    "class_weight as a dict applies to single-label targets; with multi-label "
+                    "targets use class_weight='balanced' (each label's positives weighted by "
+                    "its negatives / positives) or None."
+                )
+            if self.class_weight == "balanced":
+                positives = y_enc.sum(axis=0)
+                weights = (len(y_enc) - positives) / np.maximum(positives, 1)
+            criterion_kwargs = {"criterion__label_smoothing": float(self.label_smoothing)}
+            if weights is not None:
+                criterion_kwargs["criterion__pos_weight"] = torch.as_tensor(
+                    weights, dtype=torch.float32
+                )
+            return SkorchTransferNetRegressor, MultiLabelLoss, criterion_kwargs
+        if self.class_weight == "balanced":
+            codes = np.arange(len(self.classes_))
+            weights = compute_class_weight("balanced", classes=codes, y=y_enc)
+        elif self.class_weight is not None:
+            weights = np.asarray([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
+        kwargs = {
+            "criterion__label_smoothing": float(self.label_smoothing),
+            "classes": list(range(len(self.classes_))),
+        }
+        if weights is not None:
+            kwargs["criterion__weight"] = torch.as_tensor(weights, dtype=torch.float32)
+        return SkorchTransferNet, nn.CrossEntropyLoss, kwargs
+
+    # ------------------------------------------------------------------ predict
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``; with multi-label
+        targets, each label's probability (columns do not sum to 1)."""
+        logits = self._outputs(X)
+        return _sigmoid(logits) if self._multilabel() else _softmax(logits)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Confidence scores, as in scikit-learn's classifiers: the head's logits, shape
+        (n_samples, n_classes); with two classes, shape (n_samples,), the logit of
+        ``classes_[1]`` minus that of ``classes_[0]`` (positive: ``classes_[1]``). With
+        multi-label targets, each label's logit, shape (n_samples, n_labels)."""
+        logits = self._outputs(X)
+        if self._multilabel() or logits.shape[1] != 2:
+            return logits
+        return logits[:, 1] - logits[:, 0]
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (elements of ``classes_``); with multi-label targets, the
+        indicator matrix of the labels whose probability is at least ``threshold``."""
+        logits = self._outputs(X)  # first: it raises NotFittedError before fit
+        if self._multilabel():
+            return (_sigmoid(logits) >= self.threshold).astype(int)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class FineTuneRegressor(RegressorMixin, _FineTuneEstimator):
+    """Fine-tune a pretrained backbone with a new head, as a scikit-learn regressor.
+
+    The sibling of :class:`FineTuneClassifier`, with the same parameters, freeze
+    depths (``unfreeze``), backbones (images and texts), recipe, cache (``memory=``),
+    checkpoints and callbacks; see it for every parameter not listed here. What differs
+    is the target: ``y`` holds floats, 1-D (one target) or 2-D (several targets,
+    multi-output). The targets are standardised for training (each column to mean 0
+    and standard deviation 1, from the training data) and predictions are returned in
+    the original units. ``score`` is the coefficient of determination R^2, as for every
+    scikit-learn regressor, so ``GridSearchCV(..., scoring="neg_mean_absolute_error")``
+    and the other regression scorers work.
+
+    Parameters
+    ----------
+    backbone, pretrained, unfreeze, head, head_dropout, pooling, lr, backbone_lr_scale, \
+layer_decay, weight_decay, optimizer, warmup_epochs, lr_schedule, max_epochs, batch_size, \
+augment, early_stopping, callbacks, random_state, device, precision, num_workers, \
+cache_frozen, memory, checkpoint_dir, verbose, **kwargs
+        As in :class:`FineTuneClassifier`.
+    loss : {"squared_error", "absolute_error", "huber"}, default="squared_error"
+        The training loss on the standardised targets: squared error
+        (``torch.nn.MSELoss``), absolute error (``torch.nn.L1Loss``, robust to
+        outliers), or Huber (``torch.nn.HuberLoss`` with ``delta=1``, i.e. one
+        standard deviation of the target: squared below it, absolute above).
+    validation_split : float, tuple (X_val, y_val) or None, default=0.2
+        A shuffled (not stratified) fraction of the training data held out for
+        validation, or explicit validation data.
+    tta : {"none", "flip", "flip+crops"}, default="none"
+        Test-time augmentation of ``predict``: the mean prediction over the views (see
+        :class:`FineTuneClassifier`). Image backbones only.
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets (columns of a 2-D ``y``; 1 for a 1-D ``y``).
+    target_mean_, target_scale_ : ndarray of shape (n_outputs_,)
+        The mean and standard deviation of each training target (a constant target
+        has scale 1): the network predicts ``(y - target_mean_) / target_scale_``.
+    target_type_ : {"continuous", "continuous-multioutput"}
+        As :func:`sklearn.utils.multiclass.type_of_target` names 1-D and 2-D targets.
+    net_, history_, backbone_, n_frozen_, device_, n_features_in_
+        As in :class:`FineTuneClassifier`.
+
+    See Also
+    --------
+    FineTuneClassifier, sktransfer.PretrainedFeatureExtractor
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_digits
+    >>> from sktransfer import FineTuneRegressor
+    >>> d = load_digits()
+    >>> reg = FineTuneRegressor(max_epochs=2, validation_split=None, verbose=0,
+    ...                         random_state=0).fit(d.images[:60], d.target[:60] / 9)
+    >>> reg.predict(d.images[:3]).shape, reg.predict(d.images[:3]).dtype
+    ((3,), dtype('float64'))
+    """
+
+    _parameter_constraints = {
+        **_FineTuneEstimator._parameter_constraints,
+        "loss": [StrOptions(set(_REGRESSION_LOSSES))],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        pretrained=True,
+        unfreeze=1,
+        head=None,
+        head_dropout=0.0,
+        pooling="auto",
+        loss="squared_error",
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        layer_decay=1.0,
+        weight_decay=1e-4,
+        optimizer="adamw",
+        warmup_epochs=0,
+        lr_schedule="onecycle",
+        max_epochs=6,
+        batch_size=32,
+        augment=None,
+        validation_split=0.2,
+        early_stopping=5,
+        callbacks=None,
+        random_state=None,
+        device="auto",
+        precision="auto",
+        num_workers="auto",
+        cache_frozen=True,
+        memory=None,
+        checkpoint_dir=None,
+        tta="none",
+        verbose=1,
+        **kwargs,
+    ):
+        _store_params(self, locals())
+
+    def partial_fit(self, X, y):
+        """Continue training for ``max_epochs`` more epochs (fits first if needed), with
+        the target scaling of the first fit."""
+        return super().partial_fit(X, y)
+
+    # ------------------------------------------------------------------ targets
+
+    def _encode_targets(self, y, n_items, continue_training, classes, what="y"):
+        y = _require_y(self, y, what)
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name=what)
+        if y.ndim != 1 and y.ndim != 2:
+            raise InputError(f"{what} must be 1-D or 2-D (n_samples, n_targets); got {y.shape}.")
+        _check_length(n_items, len(y), what)
+        y2 = y.reshape(len(y), -1)
+        if continue_training:
+            if y2.shape[1] != self.n_outputs_:
+                raise InputError(
+                    f"{what} has {y2.shape[1]} target(s) per item, but this regressor was "
+                    f"fitted on {self.n_outputs_}."
+                )
+        else:
+            scale = y2.std(axis=0)
+            self.n_outputs_ = y2.shape[1]
+            self.target_mean_ = y2.mean(axis=0)
+            self.target_scale_ = np.where(scale > 0, scale, 1.0)
+            self.target_type_ = "continuous" if y.ndim == 1 else "continuous-multioutput"
+        return ((y2 - self.target_mean_) / self.target_scale_).astype(np.float32)
+
+    def _split(self, y_enc, fraction, seed, *, option, remedy):
+        return random_split(len(y_enc), fraction, seed, option=option, remedy=remedy)
+
+    def _n_outputs(self) -> int:
+        return self.n_outputs_
+
+    def _target_labels(self) -> list:
+        return [f"target {i}" for i in range(self.n_outputs_)]
+
+    def _tta_average(self) -> str:
+        return "mean"
+
+    def _skorch_net(self, y_enc):
+        return SkorchTransferNetRegressor, _REGRESSION_LOSSES[self.loss], {}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    # ------------------------------------------------------------------ predict
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted targets in the units of ``y``: shape (n_samples,) for one target,
+        (n_samples, n_outputs_) for several."""
+        out = self._outputs(X).astype(np.float64) * self.target_scale_ + self.target_mean_
+        return out.ravel() if self.n_outputs_ == 1 else out
+
+
+def _store_params(estimator, init_locals: dict) -> None:
+    """``__init__``'s arguments stored unchanged under their names (scikit-learn's
+    convention); ``**kwargs`` (skorch-prefixed parameters) apart, checked by ``fit``."""
+    params = {k: v for k, v in init_locals.items() if k not in ("self", "kwargs", "__class__")}
+    for name, value in params.items():
+        setattr(estimator, name, value)
+    estimator._skorch_kwargs = dict(init_locals.get("kwargs", {}))
+
+
+def _require_y(estimator, y, what: str) -> np.ndarray:
+    if y is None:
+        raise InputError(
+            f"{type(estimator).__name__} requires y to be passed, but the target {what} is None: "
+            "pass one target per item of X."
+        )
+    return np.asarray(y)
+
+
+def _check_length(n_items: int, n_targets: int, what: str) -> None:
+    if n_targets != n_items:
+        X = "X_val" if what == "y_val" else "X"
+        raise InputError(
+            f"{X} has {n_items} items but {what} has {n_targets} targets; they must match."
+        )
+
 
 
 def _is_fitted_name(name: str) -> bool:
@@ -934,3 +1237,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|

@@ -1,5 +1,6 @@
-"""Test-time augmentation: average a classifier's probabilities over flipped and cropped
-views of each preprocessed image.
+"""Test-time augmentation: average a fine-tuned network's predictions over flipped and
+cropped views of each preprocessed image (class probabilities, per-label probabilities,
+or regression outputs).
 
 The views are computed on the batch tensor the network receives (after resize, crop and
 normalization), so they cost one forward pass each and need no second decode:
@@ -27,7 +28,7 @@ from torch import nn
 
 from .exceptions import InputError
 
-__all__ = ["TTA_MODES", "TTAClassifierNet", "tta_views"]
+__all__ = ["TTA_MODES", "TTAClassifierNet", "TTANet", "tta_views"]
 
 TTA_MODES = ("none", "flip", "flip+crops")
 CROP_FRACTION = 0.875
@@ -70,16 +71,54 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class TTAClassifierNet(nn.Module):
-    """``net`` (images to logits) averaged over test-time views: returns the log of the
-    mean softmax probability, so ``softmax`` of the output is the averaged probability and
-    its ``argmax`` the averaged prediction."""
+class TTANet(nn.Module):
+    """``net`` averaged over the test-time views of ``mode``, in the space where averaging
+    means something, and returned in the space of ``net``'s outputs:
 
-    def __init__(self, net: nn.Module, mode: str = "flip"):
+    - ``"softmax"`` (single-label logits): the log of the mean softmax probability, so
+      ``softmax`` of the output is the averaged probability and its ``argmax`` the
+      averaged prediction;
+    - ``"sigmoid"`` (multi-label logits): the logit of each label's mean probability;
+    - ``"mean"`` (regression outputs): the mean output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    >>> x = torch.randn(2, 3, 4, 4)
+    >>> mean = (net(x) + net(x.flip(-1))) / 2
+    >>> bool(torch.allclose(TTANet(net, "flip", "mean")(x), mean, atol=1e-6))
+    True
+    >>> p = (torch.sigmoid(net(x)) + torch.sigmoid(net(x.flip(-1)))) / 2
+    >>> bool(torch.allclose(torch.sigmoid(TTANet(net, "flip", "sigmoid")(x)), p, atol=1e-6))
+    True
+    """
+
+    AVERAGES = ("softmax", "sigmoid", "mean")
+
+    def __init__(self, net: nn.Module, mode: str = "flip", average: str = "softmax"):
         super().__init__()
+        if average not in self.AVERAGES:
+            raise InputError(f"average={average!r}: use one of {list(self.AVERAGES)}.")
         self.net = net
         self.views = tta_views(mode)
+        self.average = average
 
     def forward(self, x):
-        probs = sum(torch.softmax(self.net(view(x)).float(), dim=1) for view in self.views)
-        return (probs / len(self.views)).clamp_min(1e-12).log()
+        outputs = [self.net(view(x)).float() for view in self.views]
+        if self.average == "mean":
+            return sum(outputs) / len(outputs)
+        if self.average == "sigmoid":
+            p = sum(torch.sigmoid(z) for z in outputs) / len(outputs)
+            return torch.logit(p, eps=1e-6)
+        probs = sum(torch.softmax(z, dim=1) for z in outputs) / len(outputs)
+        return probs.clamp_min(1e-12).log()
+
+
+class TTAClassifierNet(TTANet):
+    """``net`` (images to single-label logits) averaged over test-time views: returns the
+    log of the mean softmax probability (``TTANet(net, mode, "softmax")``)."""
+
+    def __init__(self, net: nn.Module, mode: str = "flip"):
+        super().__init__(net, mode, "softmax")

@@ -18,12 +18,23 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier, PretrainedFeatureExtractor
+from sktransfer import (
+    BackboneSpec,
+    DataConfig,
+    FineTuneClassifier,
+    FineTuneRegressor,
+    PretrainedFeatureExtractor,
+)
 
 _ONE_EPOCH_ACCURACY = (
     "accuracy on tabular toy data after one epoch: each row of the blobs becomes a tiny image "
     "and a random conv net trained for one epoch does not reach the accuracy (0.83) or F1 (0.87) "
     "these checks require of tabular models; test_finetune.py tests learning on real images"
+)
+_ONE_EPOCH_R2 = (
+    "R^2 on tabular toy data after one epoch: each row becomes a tiny image and a random "
+    "conv net trained for one epoch does not reach the R^2 > 0.5 this check requires of "
+    "tabular models; test_regression.py tests learning on real images"
 )
 _TENSOR_HASH = (
     "joblib.hash of a torch tensor includes its storage address, so the deep copy of the "
@@ -38,11 +49,11 @@ def _tiny_conv_net():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
 
 
-def _fine_tune_classifier():
+def _fine_tune(estimator=FineTuneClassifier):
     spec = BackboneSpec(
         module=_tiny_conv_net(), data_config=DataConfig(input_size=8, resize_size=None)
     )
-    return FineTuneClassifier(
+    return estimator(
         spec,
         max_epochs=1,
         batch_size=16,
@@ -55,6 +66,13 @@ def _fine_tune_classifier():
 
 
 def _expected_failed_checks(estimator):
+    if isinstance(estimator, FineTuneRegressor):
+        return {
+            "check_regressors_train": _ONE_EPOCH_R2,
+            "check_regressors_train(readonly_memmap=True)": _ONE_EPOCH_R2,
+            "check_regressors_train(readonly_memmap=True,X_dtype=float32)": _ONE_EPOCH_R2,
+            "check_estimators_overwrite_params": _TENSOR_HASH,
+        }
     if isinstance(estimator, FineTuneClassifier):
         return {
             "check_classifiers_train": _ONE_EPOCH_ACCURACY,
@@ -65,7 +83,7 @@ def _expected_failed_checks(estimator):
 
 
 @parametrize_with_checks(
-    [PretrainedFeatureExtractor(), _fine_tune_classifier()],
+    [PretrainedFeatureExtractor(), _fine_tune(), _fine_tune(FineTuneRegressor)],
     expected_failed_checks=_expected_failed_checks,
     xfail_strict=True,
 )
