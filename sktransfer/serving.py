@@ -3,7 +3,9 @@ program for ``torch.jit.load``, with its preprocessing written beside it.
 
 What is exported is the network from the preprocessed image tensor to the estimator's
 output: features for a :class:`~sktransfer.PretrainedFeatureExtractor`, class
-probabilities (``predict_proba``) for a :class:`~sktransfer.FineTuneClassifier`, and for
+probabilities (``predict_proba``) for a :class:`~sktransfer.FineTuneClassifier`
+(per-label probabilities for multi-label targets), predictions in the units of ``y`` for
+a :class:`~sktransfer.FineTuneRegressor`, and for
 a ``Pipeline(PretrainedFeatureExtractor(), <sklearn steps>)`` one ONNX graph holding the
 network and the sklearn steps (converted by skl2onnx, through a converter this module
 registers for the extractor). Decoding, resizing and normalization stay outside the
@@ -76,14 +78,31 @@ _SKL2ONNX_EXTRA = (
 
 
 class _Probabilities(nn.Module):
-    """Logits of a fine-tuned network as class probabilities (``predict_proba``)."""
+    """Logits of a fine-tuned classifier as its ``predict_proba``: softmax over the classes,
+    or each label's sigmoid (multi-label)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, multilabel: bool = False):
         super().__init__()
         self.net = net
+        self.multilabel = multilabel
 
     def forward(self, x):
-        return torch.softmax(self.net(x).float(), dim=1)
+        z = self.net(x).float()
+        return torch.sigmoid(z) if self.multilabel else torch.softmax(z, dim=1)
+
+
+class _Predictions(nn.Module):
+    """A fine-tuned regressor's standardized outputs in the units of its targets
+    (``predict``, as a (batch, n_outputs) matrix)."""
+
+    def __init__(self, net: nn.Module, mean, scale):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.net(x).float() * self.scale + self.mean
 
 
 def _fitted(estimator, attribute: str) -> None:
@@ -98,15 +117,16 @@ def _fitted(estimator, attribute: str) -> None:
 def _image_backbone(estimator):
     """The fitted image backbone of an exportable estimator (errors say why not)."""
     from .extraction import PretrainedFeatureExtractor
-    from .finetune import FineTuneClassifier
+    from .finetune import FineTuneClassifier, FineTuneRegressor
 
     if isinstance(estimator, PretrainedFeatureExtractor):
         _fitted(estimator, "backbone_")
-    elif isinstance(estimator, FineTuneClassifier):
+    elif isinstance(estimator, (FineTuneClassifier, FineTuneRegressor)):
         _fitted(estimator, "net_")
     else:
         raise ExportError(
-            f"export takes a fitted PretrainedFeatureExtractor, FineTuneClassifier or a Pipeline "
+            "export takes a fitted PretrainedFeatureExtractor, FineTuneClassifier, "
+            f"FineTuneRegressor or a Pipeline "
             f"starting with a PretrainedFeatureExtractor; got {type(estimator).__name__}."
         )
     backbone = estimator.backbone_
@@ -122,6 +142,7 @@ def _image_backbone(estimator):
 def _serving(estimator) -> tuple[nn.Module, object, dict]:
     """(network from the preprocessed tensor to the output, backbone, description)."""
     from .extraction import PretrainedFeatureExtractor
+    from .finetune import FineTuneRegressor
 
     backbone = _image_backbone(estimator)
     if isinstance(estimator, PretrainedFeatureExtractor):
@@ -131,13 +152,25 @@ def _serving(estimator) -> tuple[nn.Module, object, dict]:
             "shape": ["batch", int(estimator.n_features_out_)],
             "feature_names": [str(f) for f in estimator.get_feature_names_out()],
         }
+    elif isinstance(estimator, FineTuneRegressor):
+        net = estimator.net_.module_.from_stage(0)
+        module = _Predictions(net, estimator.target_mean_, estimator.target_scale_)
+        output = {
+            "name": "predictions",
+            "shape": ["batch", int(estimator.n_outputs_)],
+            "target_type": estimator.target_type_,
+        }
     else:
-        module = _Probabilities(estimator.net_.module_.from_stage(0))
+        multilabel = estimator.target_type_ == "multilabel-indicator"
+        module = _Probabilities(estimator.net_.module_.from_stage(0), multilabel)
         output = {
             "name": "probabilities",
             "shape": ["batch", len(estimator.classes_)],
             "classes": [c.item() if hasattr(c, "item") else c for c in estimator.classes_],
+            "target_type": estimator.target_type_,
         }
+        if multilabel:
+            output["threshold"] = float(estimator.threshold)
     # a copy on the CPU in fp32 and eval mode: the estimator itself is left as it was
     module = copy.deepcopy(module).to("cpu", torch.float32).eval()
     module = module.to(memory_format=torch.contiguous_format)
@@ -256,8 +289,12 @@ def export(estimator, path, *, format: str = "onnx", opset: int = DEFAULT_OPSET)
 
     Parameters
     ----------
-    estimator : fitted PretrainedFeatureExtractor, FineTuneClassifier, or Pipeline
-        A Pipeline must start with a :class:`~sktransfer.PretrainedFeatureExtractor`;
+    estimator : fitted PretrainedFeatureExtractor, FineTuneClassifier, FineTuneRegressor, \
+or Pipeline
+        The exported network gives the extractor's features, the classifier's
+        ``predict_proba`` (per-label probabilities for multi-label targets; the JSON
+        holds the ``threshold`` that ``predict`` applies), or the regressor's ``predict``
+        as a (batch, n_outputs) matrix, in the units of ``y``. A Pipeline must start with a :class:`~sktransfer.PretrainedFeatureExtractor`;
         the steps after it are converted by skl2onnx (``format="onnx"`` only).
     path : str or path-like
         The model file (``.onnx`` or ``.pt`` by convention).
@@ -274,8 +311,8 @@ def export(estimator, path, *, format: str = "onnx", opset: int = DEFAULT_OPSET)
     -------
     pathlib.Path
         ``path``. The ``.json`` beside it holds the input and output names and shapes,
-        the preprocessing (sizes, interpolation, mean, std), the classes or feature
-        names, and the largest difference measured between the exported model and the
+        the preprocessing (sizes, interpolation, mean, std), the classes, target type
+        or feature names, and the largest difference measured between the exported model and the
         estimator's own network on a test batch.
 
     Raises
@@ -354,8 +391,8 @@ def preprocess(estimator, X) -> np.ndarray:
 
     Parameters
     ----------
-    estimator : fitted PretrainedFeatureExtractor, FineTuneClassifier, or a Pipeline
-        starting with a PretrainedFeatureExtractor
+    estimator : fitted PretrainedFeatureExtractor, FineTuneClassifier, FineTuneRegressor,
+        or a Pipeline starting with a PretrainedFeatureExtractor
     X : images, as the estimator accepts them
 
     Examples
