@@ -260,8 +260,14 @@ def main(argv=None) -> dict:
     print(
         _common.format_table(
             [
-                [s["task"], s["model"], s["metric"], f"{s['mean']:.3f}", f"{s['std']:.3f}",
-                 f"{s['fit_s']:.0f}"]
+                [
+                    s["task"],
+                    s["model"],
+                    s["metric"],
+                    f"{s['mean']:.3f}",
+                    f"{s['std']:.3f}",
+                    f"{s['fit_s']:.0f}",
+                ]
                 for s in summary
             ],
             ["task", "model", "metric", "mean", "std", "fit s"],

@@ -66,7 +66,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v2"
 
 # Parameters that do not change what a fit computes: they are left out of its identity.
-_NOT_IN_IDENTITY = frozenset({"verbose", "num_workers", "checkpoint_dir", "memory", "tta"})  # not training
+_NOT_IN_IDENTITY = frozenset(
+    {"verbose", "num_workers", "checkpoint_dir", "memory", "tta"}
+)  # not training
 
 _NDARRAY = "__numpy_array__"
 

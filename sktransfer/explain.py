@@ -159,9 +159,9 @@ def _explained(estimator) -> _Explained:
     from sklearn.pipeline import Pipeline
 
     from .extraction import PretrainedFeatureExtractor
-    from .finetune import FineTuneClassifier
+    from .finetune import FineTuneClassifier, FineTuneRegressor
 
-    if isinstance(estimator, FineTuneClassifier):
+    if isinstance(estimator, (FineTuneClassifier, FineTuneRegressor)):
         check_fitted(estimator, "net_")
         module = estimator.net_.module_
         backbone = module.backbone
@@ -171,7 +171,7 @@ def _explained(estimator) -> _Explained:
             backbone,
             stop,
             net,
-            estimator.classes_,
+            getattr(estimator, "classes_", None),  # a regressor's targets: output indices
             estimator.transform_,
             estimator.device_,
             estimator,
@@ -204,7 +204,7 @@ def _explained(estimator) -> _Explained:
             extractor,
         )
     raise TypeError(
-        "grad_cam explains a fitted FineTuneClassifier, or a Pipeline of a "
+        "grad_cam explains a fitted FineTuneClassifier or FineTuneRegressor, or a Pipeline of a "
         f"PretrainedFeatureExtractor and a linear model; got {type(estimator).__name__}."
     )
 
@@ -424,8 +424,9 @@ def grad_cam(estimator, X, target=None, *, layer=None, batch_size: int = 16) -> 
 
     Parameters
     ----------
-    estimator : FineTuneClassifier or Pipeline
-        A fitted :class:`~sktransfer.FineTuneClassifier`, or a fitted
+    estimator : FineTuneClassifier, FineTuneRegressor or Pipeline
+        A fitted :class:`~sktransfer.FineTuneClassifier` or
+        :class:`~sktransfer.FineTuneRegressor`, or a fitted
         ``Pipeline`` of a :class:`~sktransfer.PretrainedFeatureExtractor`,
         optional ``StandardScaler``/``PCA`` steps and a linear model with
         ``coef_`` and ``intercept_``.

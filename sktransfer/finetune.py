@@ -106,6 +106,7 @@ class _FineTuneEstimator(BaseEstimator):
       parameters), ``_target_labels()`` (what a checkpoint must match),
       ``_tta_average()`` (how test-time views are averaged).
     """
+
     _parameter_constraints = {
         "backbone": "no_validation",
         "pretrained": ["boolean"],
@@ -563,7 +564,6 @@ class _FineTuneEstimator(BaseEstimator):
             **run,
         )
 
-
     # ------------------------------------------------------------------ fitted views
 
     @property
@@ -945,7 +945,9 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         return encoder.transform(y)
 
     def _multilabel(self) -> bool:
-        return getattr(self, "target_type_", None) == "multilabel-indicator"  # older pickles: single-label
+        return (
+            getattr(self, "target_type_", None) == "multilabel-indicator"
+        )  # older pickles: single-label
 
     def _split(self, y_enc, fraction, seed, *, option, remedy):
         if self._multilabel():  # label sets cannot be stratified: a shuffled split
@@ -1206,7 +1208,6 @@ def _check_length(n_items: int, n_targets: int, what: str) -> None:
         raise InputError(
             f"{X} has {n_items} items but {what} has {n_targets} targets; they must match."
         )
-
 
 
 def _is_fitted_name(name: str) -> bool:

@@ -243,9 +243,9 @@ def test_multilabel_label_smoothing_changes_the_loss(digits):
     X, y = digits
     Y = _indicator(y)
     losses = [
-        _small(FineTuneClassifier, label_smoothing=ls, max_epochs=1).fit(X, Y).history_[
-            -1, "train_loss"
-        ]
+        _small(FineTuneClassifier, label_smoothing=ls, max_epochs=1)
+        .fit(X, Y)
+        .history_[-1, "train_loss"]
         for ls in (0.0, 0.2)
     ]
     assert losses[0] != pytest.approx(losses[1])
@@ -337,4 +337,22 @@ def test_rotation_regression_beats_the_probe_and_the_mean(targets_benchmark):
 @pytest.mark.slow
 def test_collage_multilabel_beats_the_one_vs_rest_probe(targets_benchmark):
     rows = {r["model"]: r["f1_samples"] for r in targets_benchmark.run_collage(0, unfreezes=(2,))}
-    assert rows["FineTuneClassifier(unfreeze=2)"] > rows["features + one-vs-rest LogisticRegression"]
+    assert (
+        rows["FineTuneClassifier(unfreeze=2)"] > rows["features + one-vs-rest LogisticRegression"]
+    )
+
+
+def test_grad_cam_explains_a_regressor_output(gray_levels):
+    pytest.importorskip("captum")
+    from sktransfer.explain import grad_cam
+
+    X, level = gray_levels
+    reg = _small(FineTuneRegressor).fit(X, np.stack([level, -level], axis=1))
+    maps = grad_cam(reg, X[:4])  # the largest standardized output of each image
+    assert maps.shape == (4, 16, 16) and np.isfinite(maps).all()
+    assert ((maps >= 0) & (maps <= 1)).all()
+    np.testing.assert_allclose(
+        grad_cam(reg, X[:4], target=1)[0], grad_cam(reg, X[:1], 1)[0], **FP32_TOLERANCE
+    )
+    with pytest.raises(InputError, match="output index in 0..1"):
+        grad_cam(reg, X[:4], target=2)
