@@ -127,6 +127,17 @@ def build_head(head, in_features: int, n_classes: int, dropout: float = 0.0) -> 
     return module
 
 
+def _trains_batchnorm(module: StagedNet) -> bool:
+    """Whether ``module`` in training mode has a BatchNorm layer that normalises with
+    the statistics of the batch: one outside its frozen stages (those stay in eval
+    mode)."""
+    frozen = {id(m) for stage in module.backbone.stages[: module.n_frozen] for m in stage.modules()}
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in frozen
+        for m in module.modules()
+    )
+
+
 class _LabeledDataset(torch.utils.data.Dataset):
     """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
 
@@ -160,6 +171,12 @@ class SkorchTransferNet(NeuralNetClassifier):
     unscaled before callbacks see them (``on_grad_computed``, e.g. gradient
     clipping) and a step whose gradients overflowed is skipped. bf16 and fp32 need
     no scaler.
+
+    While the trainable part of the network has BatchNorm layers in training mode,
+    a last training batch of a single sample is dropped, as ``drop_last=True``
+    would (BatchNorm cannot normalise one value per channel, e.g. on 1x1 maps);
+    no other batch is ever dropped, and an explicit ``iterator_train__drop_last``
+    or ``iterator_train__batch_sampler`` is used as given.
     """
 
     def __init__(self, *args, backbone_lr_scale=0.1, layer_decay=1.0, amp_dtype="fp32", **kwargs):
@@ -167,6 +184,19 @@ class SkorchTransferNet(NeuralNetClassifier):
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay
         self.amp_dtype = amp_dtype
+
+    def get_iterator(self, dataset, training=False):
+        if not training:
+            return super().get_iterator(dataset, training)
+        kwargs = self.get_params_for("iterator_train")
+        batch_size = kwargs.get("batch_size", self.batch_size)
+        n = len(dataset)
+        lone_last = 1 < n and batch_size not in (-1, None) and n % batch_size == 1
+        chosen = "drop_last" in kwargs or "batch_sampler" in kwargs
+        if lone_last and not chosen and _trains_batchnorm(self.module_):
+            kwargs.setdefault("batch_size", batch_size)
+            return self.iterator_train(dataset, drop_last=True, **kwargs)
+        return super().get_iterator(dataset, training)
 
     def get_all_learnable_params(self):
         for name, param in super().get_all_learnable_params():

@@ -146,6 +146,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         over all classes.
     max_epochs : int, default=6
     batch_size : int, default=32
+        While BatchNorm layers train (in the unfrozen stages), a last training batch
+        of a single sample is dropped: BatchNorm cannot normalise it. No other batch
+        is dropped.
     augment : None, "light", "strong" or callable, default=None
         Training-time augmentation (see :mod:`sktransfer.augment`).
         Augmentation turns off the frozen-feature reuse.
