@@ -439,8 +439,9 @@ class StagedNet(nn.Module):
     n_frozen : int or None, default=None
         The bottom ``n_frozen`` stages are frozen: ``requires_grad=False``, run under
         ``no_grad``, and kept in eval mode when the network is put in train mode (their
-        BatchNorm statistics never change). None leaves the parameters as they are and
-        freezes nothing.
+        BatchNorm statistics never change); so are the backbone's parameters outside its
+        stages (its pretrained classifier), which no forward uses. None leaves the
+        parameters as they are and freezes nothing.
     outputs : iterable of int or None, default=None
         Cut indices: the network runs from ``start`` to the deepest cut and returns the
         activations after every cut (after stage ``c - 1`` for cut ``c``; pooled for the
@@ -518,8 +519,14 @@ class StagedNet(nn.Module):
         return view
 
     def freeze(self, n_frozen: int) -> StagedNet:
-        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
+        """Freeze the bottom ``n_frozen`` stages and unfreeze the others. The backbone's
+        parameters outside its stages (its pretrained classifier), which the forward
+        never uses, are frozen too."""
         self.n_frozen = int(n_frozen)
+        in_stages = {id(p) for p in self.backbone.stages.parameters()}
+        for param in self.backbone.parameters():
+            if id(param) not in in_stages:
+                param.requires_grad_(False)
         for i, stage in enumerate(self.backbone.stages):
             stage.requires_grad_(i >= self.n_frozen)
         return self.train(self.training)

@@ -158,6 +158,9 @@ class _LabeledDataset(torch.utils.data.Dataset):
 class SkorchTransferNet(NeuralNetClassifier):
     """skorch net whose optimizer holds only trainable parameters, with autocast (AMP).
 
+    Trainable: the unfrozen stages and the head, the parameters the forward uses;
+    never the backbone's pretrained classifier.
+
     The head trains at ``lr`` and the top trainable backbone stage at ``lr *
     backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
     of the stage above (layer-wise learning-rate decay). With
@@ -200,7 +203,10 @@ class SkorchTransferNet(NeuralNetClassifier):
 
     def get_all_learnable_params(self):
         for name, param in super().get_all_learnable_params():
-            if param.requires_grad:
+            # the backbone's parameters outside its stages (the pretrained classifier)
+            # never reach the loss: they are no part of the optimizer
+            used = not name.startswith("backbone.") or name.startswith("backbone.stages.")
+            if param.requires_grad and used:
                 yield name, param
 
     def _param_groups(self) -> list[dict]:
@@ -217,10 +223,7 @@ class SkorchTransferNet(NeuralNetClassifier):
         n_stages = len(self.module_.backbone.stages)
         by_depth: dict[int, list] = {}
         for name, param in body:
-            parts = name.split(".")
-            # backbone.stages.<i>.*; other backbone parameters (the pretrained
-            # classifier, unused in the forward) go with the top stage
-            stage = int(parts[2]) if parts[1] == "stages" else n_stages - 1
+            stage = int(name.split(".")[2])  # backbone.stages.<i>.*
             by_depth.setdefault(n_stages - 1 - stage, []).append(param)
         for depth in sorted(by_depth):
             groups.append({"params": by_depth[depth], "lr": top_lr * decay**depth})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from skorch.callbacks import Callback
-from test_finetune import _clf, _images
+from test_finetune import SMALL, TINY_VIT, _clf, _images
 
 from sktransfer import BackboneSpec, DataConfig
 
@@ -19,6 +19,11 @@ TINY_MAPS = BackboneSpec(
         input_size=32, resize_size=None, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3
     ),
 )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _images()
 
 
 class _CountBatches(Callback):
@@ -66,3 +71,41 @@ def test_explicit_drop_last_is_used_as_given():
     _clf(backbone=TINY_MAPS, unfreeze=1, batch_size=8, max_epochs=1,
          iterator_train__drop_last=True, callbacks=[("count", counter)]).fit(X[:10], y[:10])  # fmt: skip
     assert counter.sizes == [8]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "unfreeze", "warmup_epochs"),
+    [("lite0", 0, 0), ("lite0", 2, 0), ("lite0", "all", 0), ("lite0", 1, 1), ("vit", 3, 0)],
+)
+def test_optimizer_holds_only_parameters_the_forward_trains(
+    data, backbone, unfreeze, warmup_epochs
+):
+    X, y = data
+    # the ViT with layer decay: one optimizer group per unfrozen stage
+    kw = {**TINY_VIT, "layer_decay": 0.5} if backbone == "vit" else {"backbone": SMALL}
+    kw.update(unfreeze=unfreeze, warmup_epochs=warmup_epochs, max_epochs=2)
+    clf = _clf(**kw).fit(X, y)
+    net = clf.net_.module_
+    assert net.backbone.classifier is not None  # the backbone has a pretrained classifier
+    in_optimizer = {id(p) for g in clf.net_.optimizer_.param_groups for p in g["params"]}
+    n = len(net.backbone.stages)
+    n_train = n if unfreeze == "all" else unfreeze
+    expected = {id(p) for p in net.head.parameters()}
+    expected |= {id(p) for st in net.backbone.stages[n - n_train :] for p in st.parameters()}
+    assert in_optimizer == expected
+    assert not any(id(p) in in_optimizer for p in net.backbone.classifier.parameters())
+    assert not any(p.requires_grad for p in net.backbone.classifier.parameters())
+    # every parameter in the optimizer gets a gradient from the loss
+    net.zero_grad(set_to_none=True)
+    clf.net_.module_.from_stage(0).train()(_as_batch(clf, X[:4])).sum().backward()
+    named = dict(net.named_parameters())
+    no_grad = [k for k, p in named.items() if id(p) in in_optimizer and p.grad is None]
+    assert not no_grad
+    net.eval()
+
+
+def _as_batch(clf, X):
+    import torch
+    from PIL import Image
+
+    return torch.stack([clf.transform_(Image.fromarray(x)) for x in X])
