@@ -147,6 +147,11 @@ class Backbone(nn.Module):
     unpooled_stage : nn.Module or None
     pooled_output : bool
         Whether the last stage already pools (its output is the pre-logits vector).
+    num_features : int or None
+        The width of the last stage's output, as its builder knows it (the pre-logits
+        length, or the channels of the last feature map); None when not declared.
+        :meth:`pooled_width` reads it, so that the estimators size their head
+        without a probe forward pass.
 
     Examples
     --------
@@ -174,6 +179,7 @@ class Backbone(nn.Module):
         num_prefix_tokens: int = 1,
         unpooled_stage: nn.Module | None = None,
         pooled_output: bool = False,
+        num_features: int | None = None,
     ):
         super().__init__()
         if not stages:
@@ -192,6 +198,7 @@ class Backbone(nn.Module):
         # dict (checkpoints, cache keys) lists each parameter once, under the stages
         object.__setattr__(self, "unpooled_stage", unpooled_stage)
         self.pooled_output = pooled_output
+        self.num_features = None if num_features is None else int(num_features)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -217,6 +224,25 @@ class Backbone(nn.Module):
             f"Unknown layer {layer!r} for backbone {self.name!r}. "
             f"Valid layers: {names} (or an index from 0 to {len(names) - 1}, or None for the last)."
         )
+
+    def pooled_width(self, mode: str) -> int | None:
+        """Length of the vector per item that pooling ``mode`` makes of the last stage's
+        output, when the builder declared ``num_features`` and the mode keeps that width
+        (average or maximum over a map or tokens, the model's own pre-logits); None
+        otherwise (the caller runs an example input through instead).
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> bb = Backbone([("a", nn.ReLU())], DataConfig(), name="tiny", num_features=8)
+        >>> bb.pooled_width("avg"), bb.pooled_width("flatten")
+        (8, None)
+        """
+        width = getattr(self, "num_features", None)  # Backbones pickled before it existed
+        if width is None or self.modality != "image":
+            return None
+        keeps = ("auto", "avg") if self.pooled_output else ("auto", "avg", "mean", "max")
+        return width if mode in keeps else None
 
     def for_pooling(self, mode: str) -> Backbone:
         """The backbone whose last stage suits pooling ``mode``.
