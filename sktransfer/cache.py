@@ -9,6 +9,11 @@ Keys. An entry is keyed by (the frozen module's weights, buffers and
 structure, the preprocessing, the precision, the cut point and pooling) and
 by the item's *content* (a file's bytes, an array's or image's pixels), so a
 changed file, other weights or another layer never give a stale hit.
+A file is read and hashed once per process while its stat identity (device,
+inode, size, modification and change times) holds, and at every lookup while it
+was changed in the last two seconds (a write within one clock tick could keep
+the times). The nested frozen prefixes that a fit keys share their stages'
+digests (:func:`module_fingerprints`).
 
 Layout and safety. Entries live under
 ``<location>/sktransfer-activations/<model key>/<2 hex>/<item key>.npy``.
