@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/grid_search.py --quick      # tiny subset, 1 epoch: a smoke run
+    .venv/bin/python benchmarks/grid_search.py --small      # 120 images, 2 depths x 2 lrs, cv=2
     .venv/bin/python benchmarks/grid_search.py [--epochs 3] [--lrs 1e-3,1e-2]
         [--out benchmarks/results/grid_search.json]
 
@@ -97,6 +98,9 @@ BATCH_SIZE = 32
 BACKBONE_LR_SCALE = 0.1
 WEIGHT_DECAY = 1e-4
 QUICK = {"per_class_train": 12, "per_class_val": 8, "epochs": 1}
+# a small freeze-depth search, where each fit's fixed cost (building the backbone,
+# probing it, keying the cache) weighs most against its short training
+SMALL = {"per_class_train": 60, "per_class_val": 20, "epochs": 3, "unfreeze": [1, 2], "cv": 2}
 
 
 # --------------------------------------------------------------------------- the naive way
@@ -202,13 +206,13 @@ class NaiveSkorchFineTune(ClassifierMixin, BaseEstimator):
 # --------------------------------------------------------------------------- running
 
 
-def load_data(quick: bool, data_root: Path):
+def load_data(preset: dict | None, data_root: Path):
     root = data_root / "hymenoptera"
     Xtr, ytr = load_image_folder(root / "train", return_X_y=True)
     Xva, yva = load_image_folder(root / "val", return_X_y=True)
-    if quick:
-        Xtr, ytr = _per_class(Xtr, ytr, QUICK["per_class_train"])
-        Xva, yva = _per_class(Xva, yva, QUICK["per_class_val"])
+    if preset is not None:
+        Xtr, ytr = _per_class(Xtr, ytr, preset["per_class_train"])
+        Xva, yva = _per_class(Xva, yva, preset["per_class_val"])
     return Xtr, ytr, Xva, yva
 
 
@@ -245,17 +249,17 @@ class LoadSampler:
         return float(np.mean(self.samples))
 
 
-def run_search(name, estimator, grid, Xtr, ytr, Xva, yva, log, after_search=None):
+def run_search(name, estimator, grid, Xtr, ytr, Xva, yva, log, after_search=None, cv=CV):
     """Time ``GridSearchCV.fit`` (refit included), then score the refitted model on val.
 
     ``after_search`` (optional) is called between the two; its result is returned too.
     Returns ``(result dict, val probabilities, after_search's result)``.
     """
-    search = GridSearchCV(estimator, grid, cv=CV, refit=True, n_jobs=None, error_score="raise")
+    search = GridSearchCV(estimator, grid, cv=cv, refit=True, n_jobs=None, error_score="raise")
     load0 = os.getloadavg()[0]
     log(
         f"[{name}] searching {len(search.param_grid['unfreeze']) * len(search.param_grid['lr'])} "
-        f"candidates x {CV} folds (load {load0:.1f}) ..."
+        f"candidates x {cv} folds (load {load0:.1f}) ..."
     )
     with LoadSampler() as load:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -353,7 +357,7 @@ def compare(ours_runs: list[dict], naive: dict, p_ours, p_naive, p_ours_all) -> 
     }
 
 
-def run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, name) -> tuple[dict, np.ndarray]:
+def run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, name, cv=CV) -> tuple[dict, np.ndarray]:
     """Our search with a new, empty cache folder; cache hits/misses and size go in the result."""
     memory = tempfile.mkdtemp(prefix="sktransfer-grid-")
     try:
@@ -383,6 +387,7 @@ def run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, name) -> tuple[dict, np.ndar
             yva,
             log,
             after_search=lambda: sk_cache.stats(reset=True),
+            cv=cv,
         )
         res["cache_stats"] = {"search": search_stats, "val": sk_cache.stats(reset=True)}
         res["cache_bytes"] = sk_cache.resolve_memory(memory).size()
@@ -491,6 +496,13 @@ def main(argv=None) -> int:
         "images per class, 1 epoch: a smoke run",
     )
     parser.add_argument(
+        "--small",
+        action="store_true",
+        help=f"{2 * SMALL['per_class_train']} train / {2 * SMALL['per_class_val']} val images, "
+        f"unfreeze {SMALL['unfreeze']}, cv={SMALL['cv']}, {SMALL['epochs']} epochs: the small "
+        "freeze-depth search, where the fixed cost of each fit weighs most",
+    )
+    parser.add_argument(
         "--epochs",
         type=int,
         default=None,
@@ -521,38 +533,43 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    epochs = args.epochs or (QUICK["epochs"] if args.quick else DEFAULT_EPOCHS)
+    preset = QUICK if args.quick else SMALL if args.small else None
+    epochs = args.epochs or (preset["epochs"] if preset else DEFAULT_EPOCHS)
+    cv = preset.get("cv", CV) if preset else CV
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
-    out = args.out or (
-        DEFAULT_OUT.with_name("grid_search_quick.json") if args.quick else DEFAULT_OUT
+    name = (
+        "grid_search_quick.json" if args.quick else "grid_search_small.json" if args.small else None
     )
+    out = args.out or (DEFAULT_OUT.with_name(name) if name else DEFAULT_OUT)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    Xtr, ytr, Xva, yva = load_data(args.quick, args.data_root)
-    grid = {"unfreeze": UNFREEZE, "lr": lrs}
+    Xtr, ytr, Xva, yva = load_data(preset, args.data_root)
+    grid = {"unfreeze": (preset or {}).get("unfreeze", UNFREEZE), "lr": lrs}
     info = _common.machine_info()
-    log(f"hymenoptera: {len(ytr)} train, {len(yva)} val; grid {grid}, cv={CV}, {epochs} epochs")
+    log(f"hymenoptera: {len(ytr)} train, {len(yva)} val; grid {grid}, cv={cv}, {epochs} epochs")
     warm_up()
 
-    runs = {"ours": run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, "ours")}
+    runs = {"ours": run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, "ours", cv)}
     naive_est = NaiveSkorchFineTune(max_epochs=epochs, batch_size=BATCH_SIZE, random_state=SEED)
-    naive, p_naive, _ = run_search("naive", naive_est, grid, Xtr, ytr, Xva, yva, log)
+    naive, p_naive, _ = run_search("naive", naive_est, grid, Xtr, ytr, Xva, yva, log, cv=cv)
     if not args.no_repeat:
         # A-B-A: a load that drifts during the long naive search weighs on both of ours alike
-        runs["ours_repeat"] = run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, "ours, again")
+        runs["ours_repeat"] = run_ours(epochs, grid, Xtr, ytr, Xva, yva, log, "ours, again", cv)
     ours, p_ours = runs["ours"]
     ours_runs = [r for r, _ in runs.values()]
 
     report = {
         "benchmark": "grid_search",
         "quick": args.quick,
+        "small": args.small,
         "settings": {
             "data": f"{args.data_root / 'hymenoptera'}: train ({len(ytr)}) for the search, "
             f"val ({len(yva)}) for the refitted best_estimator_",
             "grid": grid,
-            "cv": f"GridSearchCV(cv={CV}) -> StratifiedKFold(3), accuracy, refit=True, n_jobs=None",
+            "cv": f"GridSearchCV(cv={cv}) -> StratifiedKFold({cv}), accuracy, refit=True, "
+            "n_jobs=None",
             "backbone": BACKBONE,
             "max_epochs": epochs,
             "batch_size": BATCH_SIZE,

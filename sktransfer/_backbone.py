@@ -147,6 +147,11 @@ class Backbone(nn.Module):
     unpooled_stage : nn.Module or None
     pooled_output : bool
         Whether the last stage already pools (its output is the pre-logits vector).
+    num_features : int or None
+        The width of the last stage's output, as its builder knows it (the pre-logits
+        length, or the channels of the last feature map); None when not declared.
+        :meth:`pooled_width` reads it, so that the estimators size their head
+        without a probe forward pass.
 
     Examples
     --------
@@ -174,6 +179,7 @@ class Backbone(nn.Module):
         num_prefix_tokens: int = 1,
         unpooled_stage: nn.Module | None = None,
         pooled_output: bool = False,
+        num_features: int | None = None,
     ):
         super().__init__()
         if not stages:
@@ -192,6 +198,7 @@ class Backbone(nn.Module):
         # dict (checkpoints, cache keys) lists each parameter once, under the stages
         object.__setattr__(self, "unpooled_stage", unpooled_stage)
         self.pooled_output = pooled_output
+        self.num_features = None if num_features is None else int(num_features)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -217,6 +224,25 @@ class Backbone(nn.Module):
             f"Unknown layer {layer!r} for backbone {self.name!r}. "
             f"Valid layers: {names} (or an index from 0 to {len(names) - 1}, or None for the last)."
         )
+
+    def pooled_width(self, mode: str) -> int | None:
+        """Length of the vector per item that pooling ``mode`` makes of the last stage's
+        output, when the builder declared ``num_features`` and the mode keeps that width
+        (average or maximum over a map or tokens, the model's own pre-logits); None
+        otherwise (the caller runs an example input through instead).
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> bb = Backbone([("a", nn.ReLU())], DataConfig(), name="tiny", num_features=8)
+        >>> bb.pooled_width("avg"), bb.pooled_width("flatten")
+        (8, None)
+        """
+        width = getattr(self, "num_features", None)  # Backbones pickled before it existed
+        if width is None or self.modality != "image":
+            return None
+        keeps = ("auto", "avg") if self.pooled_output else ("auto", "avg", "mean", "max")
+        return width if mode in keeps else None
 
     def for_pooling(self, mode: str) -> Backbone:
         """The backbone whose last stage suits pooling ``mode``.
@@ -439,8 +465,9 @@ class StagedNet(nn.Module):
     n_frozen : int or None, default=None
         The bottom ``n_frozen`` stages are frozen: ``requires_grad=False``, run under
         ``no_grad``, and kept in eval mode when the network is put in train mode (their
-        BatchNorm statistics never change). None leaves the parameters as they are and
-        freezes nothing.
+        BatchNorm statistics never change); so are the backbone's parameters outside its
+        stages (its pretrained classifier), which no forward uses. None leaves the
+        parameters as they are and freezes nothing.
     outputs : iterable of int or None, default=None
         Cut indices: the network runs from ``start`` to the deepest cut and returns the
         activations after every cut (after stage ``c - 1`` for cut ``c``; pooled for the
@@ -518,8 +545,14 @@ class StagedNet(nn.Module):
         return view
 
     def freeze(self, n_frozen: int) -> StagedNet:
-        """Freeze the bottom ``n_frozen`` stages and unfreeze the others."""
+        """Freeze the bottom ``n_frozen`` stages and unfreeze the others. The backbone's
+        parameters outside its stages (its pretrained classifier), which the forward
+        never uses, are frozen too."""
         self.n_frozen = int(n_frozen)
+        in_stages = {id(p) for p in self.backbone.stages.parameters()}
+        for param in self.backbone.parameters():
+            if id(param) not in in_stages:
+                param.requires_grad_(False)
         for i, stage in enumerate(self.backbone.stages):
             stage.requires_grad_(i >= self.n_frozen)
         return self.train(self.training)

@@ -63,7 +63,8 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v2"
+# v3: the optimizer no longer holds the backbone's pretrained classifier
+CHECKPOINT_FORMAT = "sktransfer-finetune-checkpoint-v3"
 
 # Parameters that do not change what a fit computes: they are left out of its identity.
 _NOT_IN_IDENTITY = frozenset(

@@ -161,6 +161,17 @@ class MultiLabelLoss(nn.BCEWithLogitsLoss):
         return super().forward(input, target)
 
 
+def _trains_batchnorm(module: StagedNet) -> bool:
+    """Whether ``module`` in training mode has a BatchNorm layer that normalises with
+    the statistics of the batch: one outside its frozen stages (those stay in eval
+    mode)."""
+    frozen = {id(m) for stage in module.backbone.stages[: module.n_frozen] for m in stage.modules()}
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in frozen
+        for m in module.modules()
+    )
+
+
 class _LabeledDataset(torch.utils.data.Dataset):
     """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
 
@@ -182,6 +193,9 @@ class _TransferTraining:
     """What both skorch nets of the fine-tuning estimators add to skorch: an optimizer that
     holds only trainable parameters, discriminative learning rates, autocast (AMP).
 
+    Trainable: the unfrozen stages and the head, the parameters the forward uses;
+    never the backbone's pretrained classifier.
+
     The head trains at ``lr`` and the top trainable backbone stage at ``lr *
     backbone_lr_scale``; each stage below it at ``layer_decay`` times the rate
     of the stage above (layer-wise learning-rate decay). With
@@ -195,6 +209,12 @@ class _TransferTraining:
     unscaled before callbacks see them (``on_grad_computed``, e.g. gradient
     clipping) and a step whose gradients overflowed is skipped. bf16 and fp32 need
     no scaler.
+
+    While the trainable part of the network has BatchNorm layers in training mode,
+    a last training batch of a single sample is dropped, as ``drop_last=True``
+    would (BatchNorm cannot normalise one value per channel, e.g. on 1x1 maps);
+    no other batch is ever dropped, and an explicit ``iterator_train__drop_last``
+    or ``iterator_train__batch_sampler`` is used as given.
     """
 
     def __init__(self, *args, backbone_lr_scale=0.1, layer_decay=1.0, amp_dtype="fp32", **kwargs):
@@ -203,9 +223,25 @@ class _TransferTraining:
         self.layer_decay = layer_decay
         self.amp_dtype = amp_dtype
 
+    def get_iterator(self, dataset, training=False):
+        if not training:
+            return super().get_iterator(dataset, training)
+        kwargs = self.get_params_for("iterator_train")
+        batch_size = kwargs.get("batch_size", self.batch_size)
+        n = len(dataset)
+        lone_last = 1 < n and batch_size not in (-1, None) and n % batch_size == 1
+        chosen = "drop_last" in kwargs or "batch_sampler" in kwargs
+        if lone_last and not chosen and _trains_batchnorm(self.module_):
+            kwargs.setdefault("batch_size", batch_size)
+            return self.iterator_train(dataset, drop_last=True, **kwargs)
+        return super().get_iterator(dataset, training)
+
     def get_all_learnable_params(self):
         for name, param in super().get_all_learnable_params():
-            if param.requires_grad:
+            # the backbone's parameters outside its stages (the pretrained classifier)
+            # never reach the loss: they are no part of the optimizer
+            used = not name.startswith("backbone.") or name.startswith("backbone.stages.")
+            if param.requires_grad and used:
                 yield name, param
 
     def _param_groups(self) -> list[dict]:
@@ -222,10 +258,7 @@ class _TransferTraining:
         n_stages = len(self.module_.backbone.stages)
         by_depth: dict[int, list] = {}
         for name, param in body:
-            parts = name.split(".")
-            # backbone.stages.<i>.*; other backbone parameters (the pretrained
-            # classifier, unused in the forward) go with the top stage
-            stage = int(parts[2]) if parts[1] == "stages" else n_stages - 1
+            stage = int(name.split(".")[2])  # backbone.stages.<i>.*
             by_depth.setdefault(n_stages - 1 - stage, []).append(param)
         for depth in sorted(by_depth):
             groups.append({"params": by_depth[depth], "lr": top_lr * decay**depth})

@@ -9,6 +9,11 @@ Keys. An entry is keyed by (the frozen module's weights, buffers and
 structure, the preprocessing, the precision, the cut point and pooling) and
 by the item's *content* (a file's bytes, an array's or image's pixels), so a
 changed file, other weights or another layer never give a stale hit.
+A file is read and hashed once per process while its stat identity (device,
+inode, size, modification and change times) holds, and at every lookup while it
+was changed in the last two seconds (a write within one clock tick could keep
+the times). The nested frozen prefixes that a fit keys share their stages'
+digests (:func:`module_fingerprints`).
 
 Layout and safety. Entries live under
 ``<location>/sktransfer-activations/<model key>/<2 hex>/<item key>.npy``.
@@ -46,16 +51,25 @@ __all__ = [
     "FeatureMemory",
     "resolve_memory",
     "module_fingerprint",
+    "module_fingerprints",
     "cached_inference",
     "cached_prefix_inference",
     "stats",
 ]
 
-FORMAT_VERSION = 1
+# 2: weights keyed by the digest of each tensor (each hashed once for several prefixes)
+FORMAT_VERSION = 2
 DEFAULT_MAX_BYTES = 20 * 1024**3
 _SUBDIR = "sktransfer-activations"
 _STALE_TMP_SECONDS = 3600
 _STATS = {"hits": 0, "misses": 0}
+# Content keys of files already hashed, by path and stat identity (device, inode, size,
+# modification and change times in ns): a rewritten file has a new ctime, so a new entry.
+# Files changed in the last _RACY_SECONDS are hashed every time (a write within the
+# same clock tick could keep the times, as git's "racy" index entries).
+_FILE_KEYS: dict[tuple, bytes] = {}
+_FILE_KEYS_MAX = 200_000
+_RACY_SECONDS = 2.0
 
 
 def stats(reset: bool = False) -> dict:
@@ -230,25 +244,74 @@ def module_fingerprint(module: nn.Module, **extra) -> str:
     >>> module_fingerprint(a) == module_fingerprint(a, precision="bf16")
     False
     """
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"v{FORMAT_VERSION}".encode())
-    h.update(repr(module).encode())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return module_fingerprints({0: module}, **extra)[0]
+
+
+def module_fingerprints(modules: dict, **extra) -> dict:
+    """:func:`module_fingerprint` of each module of ``modules`` (a dict), each with
+    ``extra``: the same keys, but a tensor that several modules share (the stages
+    of nested frozen prefixes) is read and hashed once.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer.cache import module_fingerprint, module_fingerprints
+    >>> body = nn.Linear(2, 2)
+    >>> keys = module_fingerprints({1: body, 2: nn.Sequential(body, nn.ReLU())}, precision="fp32")
+    >>> keys[1] == module_fingerprint(body, precision="fp32")
+    True
+    """
+    digests: dict[int, bytes] = {}  # id(tensor) -> digest, valid for this call only
+
+    def digest(tensor: torch.Tensor) -> bytes:
+        if id(tensor) not in digests:
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            digests[id(tensor)] = hashlib.blake2b(
+                t.view(torch.uint8).numpy(), digest_size=16
+            ).digest()
+        return digests[id(tensor)]
+
+    settings = json.dumps(extra, sort_keys=True, default=str).encode()
+    keys = {}
+    for name, module in modules.items():
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"v{FORMAT_VERSION}".encode())
+        h.update(repr(module).encode())
+        h.update(settings)
+        # keep_vars: the parameters themselves, so that a shared one is recognised
+        for entry, tensor in module.state_dict(keep_vars=True).items():
+            h.update(entry.encode())
+            h.update(str(tensor.dtype).encode())
+            h.update(digest(tensor))
+        keys[name] = h.hexdigest()
+    return keys
+
+
+def _item_fingerprint(source, i: int, paths=None) -> bytes:
+    """``source.fingerprint(i)``; for a file (``paths``: ``source.file_paths()``), read
+    and hashed once per process while its stat identity holds (see ``_FILE_KEYS``)."""
+    if paths is None:
+        return source.fingerprint(i)
+    st = os.stat(paths[i])
+    ident = (paths[i], st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = _FILE_KEYS.get(ident)
+    if key is None:
+        key = source.fingerprint(i)
+        if time.time() - max(st.st_mtime, st.st_ctime) > _RACY_SECONDS:
+            if len(_FILE_KEYS) >= _FILE_KEYS_MAX:
+                _FILE_KEYS.clear()
+            _FILE_KEYS[ident] = key
+    return key
 
 
 def _lookup(memory: FeatureMemory, model_key: str, source):
     """Content keys of ``source``'s items (None when unreadable), their entries under
     ``model_key`` (None when absent) and the indices to compute; counts hits and misses."""
     keys: list[str | None] = []
+    paths = getattr(source, "file_paths", lambda: None)()
     for i in range(len(source)):
         try:
-            keys.append(source.fingerprint(i).hex())
+            keys.append(_item_fingerprint(source, i, paths).hex())
         except OSError:
             keys.append(None)  # unreadable: computed, so on_error decides what happens
     found = memory.get(model_key, [k or "" for k in keys])

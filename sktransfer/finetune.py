@@ -64,7 +64,7 @@ from ._validation import (
 )
 from .augment import make_augment
 from .backbones import Backbone, Pooling, load_backbone
-from .cache import FeatureMemory, cached_prefix_inference, module_fingerprint, resolve_memory
+from .cache import FeatureMemory, cached_prefix_inference, module_fingerprints, resolve_memory
 from .exceptions import DeviceWarning, InputError, ItemLoadError
 from .io import make_dataset
 from .tta import TTA_MODES, TTANet
@@ -331,11 +331,14 @@ class _FineTuneEstimator(BaseEstimator):
                 f"{self.max_epochs}: warm-up epochs count in max_epochs."
             )
         modality = get_modality(backbone)
-        with torch.no_grad():
-            probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
-                backbone.eval()(modality.example_input(backbone))
-            )
-        head = build_head(self.head, int(probe.shape[1]), self._n_outputs(), self.head_dropout)
+        width = backbone.pooled_width(self.pooling)  # declared by its builder: no probe
+        if width is None:
+            with torch.no_grad():
+                probe = Pooling(self.pooling, backbone.num_prefix_tokens)(
+                    backbone.eval()(modality.example_input(backbone))
+                )
+            width = int(probe.shape[1])
+        head = build_head(self.head, width, self._n_outputs(), self.head_dropout)
         self.n_frozen_ = n_frozen
         if not modality.augmentable and self.augment not in (None, "none"):
             raise InputError(
@@ -474,15 +477,12 @@ class _FineTuneEstimator(BaseEstimator):
         k = self.input_stage_
         unpooled = get_modality(self.backbone_).caches_unpooled
         cuts = range(max(1, k - extra_cuts), k + 1) if unpooled else [k]
-        return {
-            c: module_fingerprint(
-                self._frozen_prefix(c),
-                data_config=self.transform_.data_config.to_dict(),
-                precision=self.net_.amp_dtype,
-                device=self.device_.type,
-            )
-            for c in cuts
-        }
+        return module_fingerprints(  # the stages the cuts share are hashed once
+            {c: self._frozen_prefix(c) for c in cuts},
+            data_config=self.transform_.data_config.to_dict(),
+            precision=self.net_.amp_dtype,
+            device=self.device_.type,
+        )
 
     def _frozen_activations(self, source, workers, keys=None) -> torch.Tensor:
         """Outputs of the frozen stages (pooled when only the head trains), one per item,
@@ -698,6 +698,9 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         ``set_params(threshold=...)`` on a fitted model needs no refit.
     max_epochs : int, default=6
     batch_size : int, default=32
+        While BatchNorm layers train (in the unfrozen stages), a last training batch
+        of a single sample is dropped: BatchNorm cannot normalise it. No other batch
+        is dropped.
     augment : None, "light", "strong" or callable, default=None
         Training-time augmentation (see :mod:`sktransfer.augment`).
         Augmentation turns off the frozen-feature reuse.

@@ -215,3 +215,86 @@ def test_two_processes_write_at_once_and_a_third_reuses(images, tmp_path):
     ref = PretrainedFeatureExtractor(SMALL).fit(paths).transform(paths)
     # other thread count in the workers: equal up to float32 reduction-order noise
     np.testing.assert_allclose(arrays[0], ref, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- fixed cost per fit
+
+
+def test_fit_on_cached_activations_runs_no_frozen_stage(images, tmp_path, monkeypatch):
+    """A fit served from the cache sizes its head from the backbone's declared width:
+    no probe forward pass through the frozen stages."""
+    from sktransfer._backbone import Backbone
+
+    paths, y = images
+    kw = dict(backbone=SMALL, unfreeze=1, max_epochs=1, validation_split=None, verbose=0)
+    mem = str(tmp_path / "c")
+    FineTuneClassifier(memory=mem, random_state=0, **kw).fit(paths, y)  # fills the cache
+    starts = []
+    real = Backbone.forward
+
+    def spy(self, x, start=0, stop=None):
+        starts.append(start)
+        return real(self, x, start, stop)
+
+    monkeypatch.setattr(Backbone, "forward", spy)
+    clf = FineTuneClassifier(memory=mem, random_state=1, **kw).fit(paths, y)
+    assert starts and min(starts) == clf.input_stage_  # only the trainable top ran
+    assert clf.net_.module_.head.in_features == 1280
+
+
+def test_pooled_width_is_what_the_probe_measures():
+    from sktransfer._backbone import Pooling
+    from sktransfer.backbones import load_backbone
+
+    bb = load_backbone(SMALL)
+    x = torch.zeros(1, 3, 64, 64)
+    for mode in ("auto", "avg", "mean", "max"):
+        with torch.no_grad():
+            assert bb.pooled_width(mode) == Pooling(mode)(bb.eval()(x)).shape[1]
+    assert bb.pooled_width("flatten") is None  # depends on the input size: probed
+
+
+def test_module_fingerprints_hash_a_shared_tensor_once(monkeypatch):
+    from torch import nn
+
+    body = nn.Linear(64, 64)
+    nested = {1: body, 2: nn.Sequential(body, nn.ReLU()), 3: nn.Sequential(body, nn.Linear(64, 2))}
+    keys = cache_mod.module_fingerprints(nested, precision="fp32")
+    assert keys == {c: cache_mod.module_fingerprint(m, precision="fp32") for c, m in nested.items()}
+    assert len(set(keys.values())) == 3
+    hashed = []
+    real = cache_mod.hashlib.blake2b
+
+    def spy(*args, **kwargs):
+        if args:  # the digest of one tensor's bytes
+            hashed.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod.hashlib, "blake2b", spy)
+    cache_mod.module_fingerprints(nested)
+    assert len(hashed) == 2 + 2  # body's weight and bias once, the last Linear's two
+
+
+def test_file_content_keys_are_read_once_until_the_file_changes(images, tmp_path, monkeypatch):
+    from sktransfer.io import ImageSource, as_image_source
+
+    paths, _ = images
+    monkeypatch.setattr(cache_mod, "_RACY_SECONDS", -1.0)  # the files were written just now
+    monkeypatch.setattr(cache_mod, "_FILE_KEYS", {})
+    read = []
+    real = ImageSource.fingerprint
+
+    def spy(self, i):
+        read.append(i)
+        return real(self, i)
+
+    monkeypatch.setattr(ImageSource, "fingerprint", spy)
+    memory = FeatureMemory(tmp_path / "c")
+    source = as_image_source(paths)
+    first, _, _ = cache_mod._lookup(memory, "model", source)
+    again, _, _ = cache_mod._lookup(memory, "model", source)
+    assert first == again and len(read) == len(paths)  # the second lookup read no file
+    Image.fromarray(np.zeros((40, 56, 3), dtype=np.uint8)).save(paths[3])  # rewritten in place
+    changed, _, _ = cache_mod._lookup(memory, "model", source)
+    assert len(read) == len(paths) + 1
+    assert changed[3] != first[3] and changed[:3] + changed[4:] == first[:3] + first[4:]

@@ -439,4 +439,5 @@ def assemble(stages, unpooled, config, *, name, classifier, num_prefix_tokens, o
     return Backbone(
         stages, config, name=name, classifier=classifier, num_prefix_tokens=num_prefix_tokens,
         unpooled_stage=unpooled, pooled_output=out.ndim == 2,
+        num_features=out.shape[1] if out.ndim == 2 else None,  # the pre-logits, measured
     )

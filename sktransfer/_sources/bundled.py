@@ -84,7 +84,7 @@ def lite_builder(variant: int):
         groups.append(("head", ["conv_head", "bn2"]))  # EfficientNet's 1x1 head conv runs before pooling
         return Backbone(
             stages_from_names(model, groups), cfg, name=f"efficientnet_lite{variant}",
-            classifier=model.get_classifier(),
+            classifier=model.get_classifier(), num_features=model.num_features,
         )  # fmt: skip
 
     return build
