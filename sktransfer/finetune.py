@@ -892,7 +892,7 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         _check_length(n_items, len(y), what)
         check_classification_targets(y)
         if continue_training:
-            if self.target_type_ == "multilabel-indicator":
+            if self._multilabel():
                 raise InputError(
                     f"{what} has one label per item, but this classifier was fitted on "
                     f"multi-label targets ({len(self.classes_)} labels): pass an indicator "
@@ -920,7 +920,7 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         y = check_array(y, dtype=None, input_name=what)
         _check_length(n_items, len(y), what)
         if continue_training:
-            if self.target_type_ != "multilabel-indicator" or y.shape[1] != len(self.classes_):
+            if not self._multilabel() or y.shape[1] != len(self.classes_):
                 raise InputError(
                     f"{what} is an indicator matrix of {y.shape[1]} labels, but this classifier "
                     f"was fitted on {self._targets_description()}."
@@ -931,7 +931,7 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         return np.asarray(y, dtype=np.float32)
 
     def _targets_description(self) -> str:
-        if self.target_type_ == "multilabel-indicator":
+        if self._multilabel():
             return f"multi-label targets ({len(self.classes_)} labels)"
         return f"one label per item (classes_={self.classes_.tolist()[:10]})"
 

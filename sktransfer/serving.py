@@ -161,13 +161,13 @@ def _serving(estimator) -> tuple[nn.Module, object, dict]:
             "target_type": estimator.target_type_,
         }
     else:
-        multilabel = estimator.target_type_ == "multilabel-indicator"
+        multilabel = estimator._multilabel()
         module = _Probabilities(estimator.net_.module_.from_stage(0), multilabel)
         output = {
             "name": "probabilities",
             "shape": ["batch", len(estimator.classes_)],
             "classes": [c.item() if hasattr(c, "item") else c for c in estimator.classes_],
-            "target_type": estimator.target_type_,
+            "target_type": getattr(estimator, "target_type_", None),
         }
         if multilabel:
             output["threshold"] = float(estimator.threshold)
