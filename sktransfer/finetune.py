@@ -28,6 +28,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_class_weight
@@ -113,6 +114,7 @@ class _FineTuneEstimator(BaseEstimator):
         "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "head": "no_validation",
         "head_dropout": [Interval(Real, 0, 1, closed="left")],
+        "head_init": [StrOptions({"probe", "random"})],
         "pooling": [StrOptions({"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
@@ -256,6 +258,8 @@ class _FineTuneEstimator(BaseEstimator):
             # partial_fit: the net was initialized by _build; fit would re-initialize it
             # (the net takes its inputs at stage input_stage_, fixed when it was built)
             if epochs is None or epochs > 0:
+                if not continue_training and self.head_init == "probe":
+                    self._init_head_from_probe(train_ds, y_enc, val, workers)
                 net.partial_fit(train_ds, None, epochs=epochs)
         return self
 
@@ -466,6 +470,36 @@ class _FineTuneEstimator(BaseEstimator):
             valid_src, y_val = val[1], val[2]
         return train, _LabeledDataset(make_dataset(valid_src, self.transform_), y_val)
 
+    def _init_head_from_probe(self, train_ds, y_enc, val, workers) -> None:
+        """Start the linear head at a linear model fitted on the training data's pooled
+        features (linear probing, then fine-tuning: Kumar et al., ICLR 2022), so that
+        training starts from the frozen-feature probe's solution."""
+        module = self.net_.module_
+        linear = _linear_layer(module.head)
+        if linear is None:  # an MLP or a custom head starts from its own initialisation
+            return
+        items = train_ds.X
+        if isinstance(items, torch.Tensor):
+            items = _runtime.TensorItems(items)
+        else:  # the plain transform: the probe sees the images, not augmented copies
+            items = make_dataset(items.source, self.transform_)
+        features = StagedNet(module.backbone, self.input_stage_, pooling=module.pool)
+        modality = get_modality(self.backbone_)
+        F = _runtime.run_inference(
+            features,
+            items,
+            batch_size=_runtime.resolve_batch_size("auto", self.device_, modality),
+            device=self.device_,
+            dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+            num_workers=0 if isinstance(items, _runtime.TensorItems) else workers,
+            desc="probe features",
+        )
+        module.train(module.training)
+        weight, bias = self._probe_head(F.astype(np.float64), np.asarray(train_ds.y))
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+            linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+
     def _frozen_prefix(self, cut: int) -> nn.Module:
         module = self.net_.module_
         pool = module.pool if cut == len(module.backbone.stages) else None
@@ -656,6 +690,15 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         ``"1024-512"`` give an MLP; see :func:`build_head`.
     head_dropout : float, default=0.0
         Dropout before each layer of the head.
+    head_init : {"probe", "random"}, default="probe"
+        How a linear head starts. ``"probe"``: at a linear model fitted on the
+        training part's pooled features, computed once by the network as it starts
+        (scikit-learn's ``LogisticRegression`` with its defaults, one per label for
+        multi-label targets, honouring ``class_weight``; ``Ridge(alpha=1)`` on the
+        standardised targets for :class:`FineTuneRegressor`): fine-tuning then starts
+        from the frozen-feature probe's solution ("linear probing, then fine-tuning",
+        Kumar et al., ICLR 2022). ``"random"``: PyTorch's default initialisation. MLP
+        and custom heads always start from their own initialisation.
     pooling : {"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"}, default="auto"
         As in :class:`~sktransfer.PretrainedFeatureExtractor`: ``"auto"`` is the
         model's own representation (pre-logits, a sentence-transformers pipeline,
@@ -846,6 +889,7 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         unfreeze=1,
         head=None,
         head_dropout=0.0,
+        head_init="probe",
         pooling="auto",
         lr=1e-3,
         backbone_lr_scale=0.1,
@@ -960,6 +1004,23 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
     def _n_outputs(self) -> int:
         return len(self.classes_)
 
+    def _probe_head(self, F, y_enc):
+        """Logistic regression on the features (one per label for multi-label targets),
+        as the rows and biases of the linear head's logits."""
+        if self._multilabel():
+            labels = y_enc.astype(int)
+            rows = [_logistic_rows(F, labels[:, j], None) for j in range(labels.shape[1])]
+            # each label's logit: twice the second of its two symmetric rows
+            return 2 * np.vstack([w[-1:] for w, _ in rows]), 2 * np.concatenate(
+                [b[-1:] for _, b in rows]
+            )
+        weights = None
+        if isinstance(self.class_weight, dict):
+            weights = {i: float(self.class_weight.get(c, 1.0)) for i, c in enumerate(self.classes_)}
+        elif self.class_weight == "balanced":
+            weights = "balanced"
+        return _logistic_rows(F, y_enc, weights, n_classes=len(self.classes_))
+
     def _target_labels(self) -> list:
         return self.classes_.tolist()
 
@@ -1044,7 +1105,7 @@ class FineTuneRegressor(RegressorMixin, _FineTuneEstimator):
 
     Parameters
     ----------
-    backbone, pretrained, unfreeze, head, head_dropout, pooling, lr, backbone_lr_scale, \
+    backbone, pretrained, unfreeze, head, head_dropout, head_init, pooling, lr, backbone_lr_scale, \
 layer_decay, weight_decay, optimizer, warmup_epochs, lr_schedule, max_epochs, batch_size, \
 augment, early_stopping, callbacks, random_state, device, precision, num_workers, \
 cache_frozen, memory, checkpoint_dir, verbose, **kwargs
@@ -1102,6 +1163,7 @@ cache_frozen, memory, checkpoint_dir, verbose, **kwargs
         unfreeze=1,
         head=None,
         head_dropout=0.0,
+        head_init="probe",
         pooling="auto",
         loss="squared_error",
         lr=1e-3,
@@ -1164,6 +1226,11 @@ cache_frozen, memory, checkpoint_dir, verbose, **kwargs
     def _n_outputs(self) -> int:
         return self.n_outputs_
 
+    def _probe_head(self, F, y_enc):
+        """Ridge regression of the standardized targets on the features."""
+        ridge = Ridge(alpha=1.0).fit(F, y_enc)
+        return ridge.coef_.reshape(self.n_outputs_, -1), np.ravel(ridge.intercept_)
+
     def _target_labels(self) -> list:
         return [f"target {i}" for i in range(self.n_outputs_)]
 
@@ -1211,6 +1278,33 @@ def _check_length(n_items: int, n_targets: int, what: str) -> None:
         raise InputError(
             f"{X} has {n_items} items but {what} has {n_targets} targets; they must match."
         )
+
+
+def _linear_layer(head: nn.Module):
+    """The head's linear layer when the head is linear (dropout in front allowed)."""
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    if isinstance(layers[-1], nn.Linear) and all(isinstance(m, nn.Dropout) for m in layers[:-1]):
+        return layers[-1]
+    return None
+
+
+def _logistic_rows(F, y, class_weight, n_classes=2):
+    """A logistic regression of codes ``y`` on features ``F`` as (n_classes, d) logit rows
+    and biases; a binary model's one decision function ``d`` becomes ``(-d/2, d/2)``,
+    whose softmax is ``sigmoid(d)``. A label that never varies gets its frequency."""
+    present = np.unique(y)
+    if len(present) < 2:
+        rate = np.clip(float(np.mean(y)), 1e-3, 1 - 1e-3)
+        logit = np.log(rate / (1 - rate))
+        return np.zeros((2, F.shape[1])), np.array([-logit / 2, logit / 2])
+    model = LogisticRegression(max_iter=1000, class_weight=class_weight).fit(F, y)
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-1, 1]) * intercept[0] / 2
+    weight = np.zeros((n_classes, F.shape[1]))
+    bias = np.full(n_classes, intercept.min() - 5.0)  # a class absent from the training part
+    weight[present], bias[present] = coef, intercept
+    return weight, bias
 
 
 def _is_fitted_name(name: str) -> bool:

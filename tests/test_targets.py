@@ -356,3 +356,52 @@ def test_grad_cam_explains_a_regressor_output(gray_levels):
     )
     with pytest.raises(InputError, match="output index in 0..1"):
         grad_cam(reg, X[:4], target=2)
+
+
+# ----------------------------------------------------------------------------- head_init
+
+
+def _pooled_features(X):
+    from sktransfer import PretrainedFeatureExtractor
+
+    return PretrainedFeatureExtractor(_spec(), precision="fp32", verbose=0).fit_transform(X)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel", "regression"])
+def test_head_init_probe_starts_at_the_linear_probe(digits, kind):
+    """With a learning rate too small to move anything, the fitted model is its starting
+    point: it must equal scikit-learn's linear model on the same pooled features."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    X, y = digits
+    F = _pooled_features(X).astype(np.float64)
+    frozen = dict(unfreeze=0, lr=1e-12, max_epochs=1, weight_decay=0.0)
+    if kind == "regression":
+        model = _small(FineTuneRegressor, **frozen).fit(X, y * 10.0)
+        expected = Ridge(alpha=1.0).fit(F, (y * 10.0 - y.mean() * 10) / (y.std() * 10))
+        expected = expected.predict(F) * y.std() * 10 + y.mean() * 10
+        np.testing.assert_allclose(model.predict(X), expected, rtol=1e-3, atol=1e-3)
+        return
+    if kind == "multilabel":
+        Y = _indicator(y)
+        model = _small(FineTuneClassifier, **frozen).fit(X, Y)
+        expected = np.stack(
+            [LogisticRegression(max_iter=1000).fit(F, Y[:, j]).predict_proba(F)[:, 1]
+             for j in range(Y.shape[1])],
+            axis=1,
+        )  # fmt: skip
+    else:
+        target = (y % 2) if kind == "binary" else y
+        model = _small(FineTuneClassifier, **frozen).fit(X, target)
+        expected = LogisticRegression(max_iter=1000).fit(F, target).predict_proba(F)
+    np.testing.assert_allclose(model.predict_proba(X), expected, atol=2e-3)
+    random = _small(FineTuneClassifier, head_init="random", **frozen)
+    random.fit(X, Y if kind == "multilabel" else target)
+    assert not np.allclose(random.predict_proba(X), expected, atol=2e-2)
+
+
+def test_head_init_probe_leaves_mlp_heads_alone(digits):
+    X, y = digits
+    a = _small(FineTuneClassifier, head=8, max_epochs=1).fit(X, y)
+    b = _small(FineTuneClassifier, head=8, max_epochs=1, head_init="random").fit(X, y)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), **FP32_TOLERANCE)
