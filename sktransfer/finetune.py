@@ -690,15 +690,16 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         ``"1024-512"`` give an MLP; see :func:`build_head`.
     head_dropout : float, default=0.0
         Dropout before each layer of the head.
-    head_init : {"probe", "random"}, default="probe"
-        How a linear head starts. ``"probe"``: at a linear model fitted on the
+    head_init : {"random", "probe"}, default="random"
+        How a linear head starts. ``"random"``: PyTorch's default initialisation.
+        ``"probe"``: at a linear model fitted on the
         training part's pooled features, computed once by the network as it starts
         (scikit-learn's ``LogisticRegression`` with its defaults, one per label for
         multi-label targets, honouring ``class_weight``; ``Ridge(alpha=1)`` on the
         standardised targets for :class:`FineTuneRegressor`): fine-tuning then starts
         from the frozen-feature probe's solution ("linear probing, then fine-tuning",
-        Kumar et al., ICLR 2022). ``"random"``: PyTorch's default initialisation. MLP
-        and custom heads always start from their own initialisation.
+        Kumar et al., ICLR 2022). MLP and custom heads always start from their own
+        initialisation.
     pooling : {"auto", "avg", "mean", "max", "token", "cls", "cls+mean", "last"}, default="auto"
         As in :class:`~sktransfer.PretrainedFeatureExtractor`: ``"auto"`` is the
         model's own representation (pre-logits, a sentence-transformers pipeline,
@@ -889,7 +890,7 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         unfreeze=1,
         head=None,
         head_dropout=0.0,
-        head_init="probe",
+        head_init="random",
         pooling="auto",
         lr=1e-3,
         backbone_lr_scale=0.1,
@@ -1163,7 +1164,7 @@ cache_frozen, memory, checkpoint_dir, verbose, **kwargs
         unfreeze=1,
         head=None,
         head_dropout=0.0,
-        head_init="probe",
+        head_init="random",
         pooling="auto",
         loss="squared_error",
         lr=1e-3,

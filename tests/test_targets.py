@@ -375,7 +375,7 @@ def test_head_init_probe_starts_at_the_linear_probe(digits, kind):
 
     X, y = digits
     F = _pooled_features(X).astype(np.float64)
-    frozen = dict(unfreeze=0, lr=1e-12, max_epochs=1, weight_decay=0.0)
+    frozen = dict(unfreeze=0, lr=1e-12, max_epochs=1, weight_decay=0.0, head_init="probe")
     if kind == "regression":
         model = _small(FineTuneRegressor, **frozen).fit(X, y * 10.0)
         expected = Ridge(alpha=1.0).fit(F, (y * 10.0 - y.mean() * 10) / (y.std() * 10))
@@ -395,13 +395,13 @@ def test_head_init_probe_starts_at_the_linear_probe(digits, kind):
         model = _small(FineTuneClassifier, **frozen).fit(X, target)
         expected = LogisticRegression(max_iter=1000).fit(F, target).predict_proba(F)
     np.testing.assert_allclose(model.predict_proba(X), expected, atol=2e-3)
-    random = _small(FineTuneClassifier, head_init="random", **frozen)
+    random = _small(FineTuneClassifier, **{**frozen, "head_init": "random"})
     random.fit(X, Y if kind == "multilabel" else target)
     assert not np.allclose(random.predict_proba(X), expected, atol=2e-2)
 
 
 def test_head_init_probe_leaves_mlp_heads_alone(digits):
     X, y = digits
-    a = _small(FineTuneClassifier, head=8, max_epochs=1).fit(X, y)
+    a = _small(FineTuneClassifier, head=8, max_epochs=1, head_init="probe").fit(X, y)
     b = _small(FineTuneClassifier, head=8, max_epochs=1, head_init="random").fit(X, y)
     np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), **FP32_TOLERANCE)
