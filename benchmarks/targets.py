@@ -103,6 +103,13 @@ def _mae(a, b) -> float:
     return float(np.mean(np.abs(np.asarray(a) - np.asarray(b))))
 
 
+def _row(task: str, seed: int, model: str, metric: str, value: float, t0=None) -> dict:
+    row = {"task": task, "seed": seed, "model": model, metric: float(value)}
+    if t0 is not None:
+        row["fit_s"] = time.perf_counter() - t0
+    return row
+
+
 def run_rotation(seed: int, unfreezes=(1, 2)) -> list[dict]:
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
@@ -112,33 +119,20 @@ def run_rotation(seed: int, unfreezes=(1, 2)) -> list[dict]:
     (ptr, _), (pva, _) = hymenoptera_split("train"), hymenoptera_split("val")
     Xtr, ytr = rotated_photos(ptr, seed)
     Xva, yva = rotated_photos(pva, seed + 1000)
-    rows = [{"task": "rotation", "seed": seed, "model": "mean", "mae": _mae(yva, ytr.mean())}]
+    rows = [_row("rotation", seed, "mean", "mae", _mae(yva, ytr.mean()))]
     t0 = time.perf_counter()
     probe = make_pipeline(
         PretrainedFeatureExtractor(precision="fp32", verbose=0),
         RidgeCV(alphas=np.logspace(-2, 4, 13)),
     ).fit(Xtr, ytr)
     rows.append(
-        {
-            "task": "rotation",
-            "seed": seed,
-            "model": "features + RidgeCV",
-            "mae": _mae(yva, probe.predict(Xva)),
-            "fit_s": time.perf_counter() - t0,
-        }
+        _row("rotation", seed, "features + RidgeCV", "mae", _mae(yva, probe.predict(Xva)), t0)
     )
     for unfreeze in unfreezes:
         t0 = time.perf_counter()
         reg = FineTuneRegressor(unfreeze=unfreeze, random_state=seed, verbose=0).fit(Xtr, ytr)
-        rows.append(
-            {
-                "task": "rotation",
-                "seed": seed,
-                "model": f"FineTuneRegressor(unfreeze={unfreeze})",
-                "mae": _mae(yva, reg.predict(Xva)),
-                "fit_s": time.perf_counter() - t0,
-            }
-        )
+        model = f"FineTuneRegressor(unfreeze={unfreeze})"
+        rows.append(_row("rotation", seed, model, "mae", _mae(yva, reg.predict(Xva)), t0))
     return rows
 
 
@@ -157,27 +151,16 @@ def run_collage(seed: int, n_train: int = 300, n_val: int = 150, unfreezes=(1, 2
         PretrainedFeatureExtractor(precision="fp32", verbose=0),
         OneVsRestClassifier(LogisticRegression(max_iter=2000)),
     ).fit(Xtr, Ytr)
+    f1 = f1_score(Yva, probe.predict(Xva), average="samples")
     rows = [
-        {
-            "task": "collage",
-            "seed": seed,
-            "model": "features + one-vs-rest LogisticRegression",
-            "f1_samples": float(f1_score(Yva, probe.predict(Xva), average="samples")),
-            "fit_s": time.perf_counter() - t0,
-        }
+        _row("collage", seed, "features + one-vs-rest LogisticRegression", "f1_samples", f1, t0)
     ]
     for unfreeze in unfreezes:
         t0 = time.perf_counter()
         clf = FineTuneClassifier(unfreeze=unfreeze, random_state=seed, verbose=0).fit(Xtr, Ytr)
-        rows.append(
-            {
-                "task": "collage",
-                "seed": seed,
-                "model": f"FineTuneClassifier(unfreeze={unfreeze})",
-                "f1_samples": float(f1_score(Yva, clf.predict(Xva), average="samples")),
-                "fit_s": time.perf_counter() - t0,
-            }
-        )
+        f1 = f1_score(Yva, clf.predict(Xva), average="samples")
+        model = f"FineTuneClassifier(unfreeze={unfreeze})"
+        rows.append(_row("collage", seed, model, "f1_samples", f1, t0))
     return rows
 
 
@@ -189,32 +172,19 @@ def run_text(seed: int, n_train: int = 2000, n_dev: int = 872) -> list[dict]:
 
     Xtr, Xdev = sst2("train")[:n_train], sst2("dev")[:n_dev]
     ytr, ydev = sentence_lengths(Xtr), sentence_lengths(Xdev)
-    rows = [{"task": "text", "seed": seed, "model": "mean", "mae": _mae(ydev, ytr.mean())}]
+    rows = [_row("text", seed, "mean", "mae", _mae(ydev, ytr.mean()))]
     t0 = time.perf_counter()
     probe = make_pipeline(
         PretrainedFeatureExtractor("all-MiniLM-L6-v2", verbose=0),
         RidgeCV(alphas=np.logspace(-2, 4, 13)),
     ).fit(Xtr, ytr)
     rows.append(
-        {
-            "task": "text",
-            "seed": seed,
-            "model": "MiniLM features + RidgeCV",
-            "mae": _mae(ydev, probe.predict(Xdev)),
-            "fit_s": time.perf_counter() - t0,
-        }
+        _row("text", seed, "MiniLM features + RidgeCV", "mae", _mae(ydev, probe.predict(Xdev)), t0)
     )
     t0 = time.perf_counter()
     reg = FineTuneRegressor("all-MiniLM-L6-v2", random_state=seed, verbose=0).fit(Xtr, ytr)
-    rows.append(
-        {
-            "task": "text",
-            "seed": seed,
-            "model": "FineTuneRegressor('all-MiniLM-L6-v2')",
-            "mae": _mae(ydev, reg.predict(Xdev)),
-            "fit_s": time.perf_counter() - t0,
-        }
-    )
+    model = "FineTuneRegressor('all-MiniLM-L6-v2')"
+    rows.append(_row("text", seed, model, "mae", _mae(ydev, reg.predict(Xdev)), t0))
     return rows
 
 
@@ -246,12 +216,14 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="rotation,collage,text")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--text-train", type=int, default=2000, help="SST-2 training sentences")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "targets.json"))
     args = ap.parse_args(argv)
     rows = []
     for task in args.tasks.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            for row in RUNS[task](seed):
+            kwargs = {"n_train": args.text_train} if task == "text" else {}
+            for row in RUNS[task](seed, **kwargs):
                 rows.append(row)
                 metric = "mae" if "mae" in row else "f1_samples"
                 print(f"{task:9s} seed {seed} {row['model']:45s} {metric} {row[metric]:.3f}")
