@@ -739,7 +739,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.proba and not hasattr(model, "predict_proba"):
         raise InputError(f"--proba: {type(model).__name__} in {args.model} has no predict_proba().")
     proba = model.predict_proba(paths) if args.proba else None
-    if proba is not None and isinstance(model, FineTuneClassifier):
+    if proba is not None and isinstance(model, FineTuneClassifier) and not model._multilabel():
         pred = model.classes_[np.argmax(proba, axis=1)]  # its predict: argmax, one pass fewer
     else:
         pred = model.predict(paths)
@@ -748,7 +748,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         header += [f"proba_{c}" for c in model.classes_]
     rows = []
     for i, p in enumerate(paths):
-        row = [p, pred[i]]
+        # a row of several outputs (multi-label indicators, multi-output regression): "a;b"
+        row = [p, ";".join(map(str, pred[i])) if np.ndim(pred[i]) else pred[i]]
         if proba is not None:
             row += [f"{v:.6g}" for v in proba[i]]
         rows.append(row)

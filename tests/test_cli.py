@@ -415,3 +415,28 @@ def test_empty_list_file_is_exit_1(tmp_path, capsys):
     listing = _list_file(tmp_path / "list.txt", ["# nothing"])
     assert cli.main(["extract", str(listing), "-o", str(tmp_path / "f")]) == 1
     assert "names no images" in capsys.readouterr().err
+
+
+def test_predict_writes_multi_label_rows(photos, photo_paths, tmp_path):
+    import joblib
+    from torch import nn
+
+    from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier
+
+    spec = BackboneSpec(
+        module=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
+        data_config=DataConfig(input_size=16, resize_size=None),
+    )
+    Y = np.array([[i % 2, 1 - i % 2, 1] for i in range(len(photo_paths))])
+    clf = FineTuneClassifier(spec, max_epochs=1, validation_split=None, verbose=0, random_state=0)
+    model = tmp_path / "multi.joblib"
+    joblib.dump(clf.fit(photo_paths, Y), model)
+    csv_path = tmp_path / "predictions.csv"
+    assert cli.main(["predict", str(model), str(photos), "-o", str(csv_path), "--proba"]) == 0
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "prediction", "proba_0", "proba_1", "proba_2"]
+    expected = [";".join(map(str, r)) for r in clf.predict(photo_paths)]
+    assert [r["prediction"] for r in rows] == expected
+    proba = np.array([[float(r[f"proba_{j}"]) for j in range(3)] for r in rows])
+    np.testing.assert_allclose(proba, clf.predict_proba(photo_paths), atol=1e-5)
