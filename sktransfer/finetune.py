@@ -484,21 +484,27 @@ class _FineTuneEstimator(BaseEstimator):
         else:  # the plain transform: the probe sees the images, not augmented copies
             items = make_dataset(items.source, self.transform_)
         features = StagedNet(module.backbone, self.input_stage_, pooling=module.pool)
-        modality = get_modality(self.backbone_)
         F = _runtime.run_inference(
             features,
             items,
-            batch_size=_runtime.resolve_batch_size("auto", self.device_, modality),
-            device=self.device_,
-            dtype=_runtime.PRECISION_DTYPES[self.net_.amp_dtype],
             num_workers=0 if isinstance(items, _runtime.TensorItems) else workers,
             desc="probe features",
+            **self._inference_settings(),
         )
         module.train(module.training)
         weight, bias = self._probe_head(F.astype(np.float64), np.asarray(train_ds.y))
         with torch.no_grad():
             linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
             linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+
+    def _inference_settings(self) -> dict:
+        """Batch size, device and precision of every forward pass outside training."""
+        modality = get_modality(self.backbone_)
+        return {
+            "batch_size": _runtime.resolve_batch_size("auto", self.device_, modality),
+            "device": self.device_,
+            "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+        }
 
     def _frozen_prefix(self, cut: int) -> nn.Module:
         module = self.net_.module_
@@ -525,11 +531,7 @@ class _FineTuneEstimator(BaseEstimator):
         module = self.net_.module_
         memory = resolve_memory(self.memory)
         run_kwargs = {
-            "batch_size": _runtime.resolve_batch_size(
-                "auto", self.device_, get_modality(self.backbone_)
-            ),
-            "device": self.device_,
-            "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
+            **self._inference_settings(),
             "num_workers": workers,
             "verbose": self.verbose,
             "desc": "frozen features",
@@ -564,12 +566,7 @@ class _FineTuneEstimator(BaseEstimator):
         X = check_input(self, X, reset=False)
         source = as_source(X, self.backbone_.modality)
         modality = get_modality(self.backbone_)
-        run = {
-            "batch_size": _runtime.resolve_batch_size("auto", self.device_, modality),
-            "device": self.device_,
-            "dtype": _runtime.PRECISION_DTYPES[self.net_.amp_dtype],
-            "desc": "predict",
-        }
+        run = {**self._inference_settings(), "desc": "predict"}
         net = self.net_.module_.from_stage(0)
         if self.tta != "none":
             if not modality.spatial:
