@@ -138,8 +138,8 @@ def fit_identity(params: dict, source, y_enc, classes, val, seed) -> str:
     ``params`` are the estimator's ``get_params(deep=False)`` (``verbose``,
     ``num_workers``, ``checkpoint_dir`` and ``memory`` are left out: they do not
     change the model); ``source`` and ``y_enc`` the training items and their encoded
-    targets (class codes, or float targets), ``classes`` what the targets are; ``val`` the validation plan (a given validation
-    set counts with its content); ``seed`` the seed, or None when ``random_state`` is
+    targets (class codes, or float targets), ``classes`` what the targets are;
+    ``val`` the validation plan (a given validation set counts with its content); ``seed`` the seed, or None when ``random_state`` is
     None (the fit then has no reproducible seed: see :class:`FitCheckpoint`).
 
     Examples
