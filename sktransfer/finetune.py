@@ -39,6 +39,7 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import _runtime
+from ._auto_depth import fit_auto_depth
 from ._backbone import StagedNet
 from ._callbacks import EpochCheckpoint, StopOnNonFinite, WarmupUnfreeze
 from ._checkpoint import FitCheckpoint, attach_checkpoint, fit_identity
@@ -111,7 +112,7 @@ class _FineTuneEstimator(BaseEstimator):
     _parameter_constraints = {
         "backbone": "no_validation",
         "pretrained": ["boolean"],
-        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "unfreeze": [Interval(Integral, 0, None, closed="left"), StrOptions({"all", "auto"})],
         "head": "no_validation",
         "head_dropout": [Interval(Real, 0, 1, closed="left")],
         "head_init": [StrOptions({"probe", "random"})],
@@ -210,7 +211,13 @@ class _FineTuneEstimator(BaseEstimator):
         staged = object.__new__(type(self))
         staged.__dict__.update((k, v) for k, v in vars(self).items() if not _is_fitted_name(k))
         with _item_errors(type(self).__name__, "fit"):
-            staged._fit(X, y, continue_training=False, classes=classes)
+            if isinstance(self.unfreeze, str) and self.unfreeze == "auto":
+                validate_params(staged)
+                fit_auto_depth(staged, X, y, classes)
+            else:
+                staged._fit(X, y, continue_training=False, classes=classes)
+                staged.unfreeze_ = len(staged.backbone_.stage_names) - staged.n_frozen_
+                staged.unfreeze_scores_ = {}
         self.__dict__.clear()
         self.__dict__.update(vars(staged))
         return self
@@ -322,7 +329,7 @@ class _FineTuneEstimator(BaseEstimator):
             return 0
         if 0 <= self.unfreeze <= n:
             return n - int(self.unfreeze)
-        raise InputError(
+        raise InputError(  # "auto" never reaches here: fit_auto_depth fits int depths
             f"unfreeze={self.unfreeze!r} is out of range for backbone {backbone.name!r}, which has "
             f"{n} stages {backbone.stage_names}: use an int from 0 (head only) to {n}, or 'all'."
         )
@@ -678,10 +685,20 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         ``False`` starts from random weights (training from scratch, for comparison);
         a given module, spec or Backbone is re-initialised on a copy (see
         :func:`~sktransfer.backbones.load_backbone`).
-    unfreeze : int or "all", default=1
+    unfreeze : int, "all" or "auto", default="auto"
         How many of the backbone's top stages train (``backbone_.stage_names``
         lists them, bottom first): 0 = head only, ``len(stage_names)`` or
-        ``"all"`` = everything.
+        ``"all"`` = everything. ``"auto"`` chooses the depth as scikit-learn's
+        ``*CV`` estimators choose a strength: 1 and 2 each train on the training part
+        of ``validation_split``, the one with the lower validation loss (the
+        shallower on a tie) is refitted on all the data without a hold-out (given
+        ``(X_val, y_val)`` stay its validation data), and
+        ``unfreeze_`` / ``unfreeze_scores_`` say what was chosen and why. The trials
+        and the refit read the frozen stages' activations from one cache
+        (``memory``, or a temporary one), so the frozen bottom runs once per image.
+        Without a hold-out (``validation_split=None``), or where activations are not
+        cached (text backbones, ``augment``, ``cache_frozen=False``), ``"auto"``
+        trains 1 stage without a search.
     head : None, int, sequence of int, str, nn.Module or callable, default=None
         Linear head by default; hidden sizes such as ``(1024, 512)`` or
         ``"1024-512"`` give an MLP; see :func:`build_head`.
@@ -748,7 +765,10 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
     validation_split : float, tuple (X_val, y_val) or None, default=0.2
         A stratified fraction of the training data held out for validation
         (early stopping, history), or explicit validation data. Multi-label targets
-        are split at random (label sets are not stratified).
+        are split at random (label sets are not stratified). With
+        ``unfreeze="auto"`` the hold-out chooses the depth, and the chosen depth is
+        then refitted on all the data (a fraction: its history has no validation
+        scores; given data stay its validation data).
     early_stopping : int or False, default=5
         Patience in epochs on the validation loss (the training loss without
         validation); the best epoch's weights are restored at the end.
@@ -854,6 +874,12 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         The backbone inside ``net_.module_``.
     n_frozen_ : int
         Number of frozen stages.
+    unfreeze_ : int
+        Number of trained stages: the depth ``unfreeze="auto"`` chose, or ``unfreeze``
+        as an int (``"all"``: every stage).
+    unfreeze_scores_ : dict
+        ``{depth: best validation loss}`` of the trials of ``unfreeze="auto"``; empty
+        when there was no search.
     device_ : torch.device
     n_features_in_ : int
 
@@ -884,7 +910,7 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
         backbone="efficientnet_lite0",
         *,
         pretrained=True,
-        unfreeze=1,
+        unfreeze="auto",
         head=None,
         head_dropout=0.0,
         head_init="random",
@@ -1115,7 +1141,8 @@ cache_frozen, memory, checkpoint_dir, verbose, **kwargs
         standard deviation of the target: squared below it, absolute above).
     validation_split : float, tuple (X_val, y_val) or None, default=0.2
         A shuffled (not stratified) fraction of the training data held out for
-        validation, or explicit validation data.
+        validation, or explicit validation data; with ``unfreeze="auto"``, the
+        hold-out that chooses the depth (see :class:`FineTuneClassifier`).
     tta : {"none", "flip", "flip+crops"}, default="none"
         Test-time augmentation of ``predict``: the mean prediction over the views (see
         :class:`FineTuneClassifier`). Image backbones only.
@@ -1129,7 +1156,8 @@ cache_frozen, memory, checkpoint_dir, verbose, **kwargs
         has scale 1): the network predicts ``(y - target_mean_) / target_scale_``.
     target_type_ : {"continuous", "continuous-multioutput"}
         As :func:`sklearn.utils.multiclass.type_of_target` names 1-D and 2-D targets.
-    net_, history_, backbone_, n_frozen_, device_, n_features_in_
+    net_, history_, backbone_, n_frozen_, unfreeze_, unfreeze_scores_, device_, \
+n_features_in_
         As in :class:`FineTuneClassifier`.
 
     See Also
@@ -1158,7 +1186,7 @@ cache_frozen, memory, checkpoint_dir, verbose, **kwargs
         backbone="efficientnet_lite0",
         *,
         pretrained=True,
-        unfreeze=1,
+        unfreeze="auto",
         head=None,
         head_dropout=0.0,
         head_init="random",
