@@ -2,8 +2,8 @@
 
 An image backbone and a text backbone differ only here: how a user's ``X``
 becomes a source of items (:meth:`Modality.as_source`), the preprocessing
-(:meth:`Modality.transform`: resize, crop and normalize, or tokenize), how a
-training batch is collated, a one-item example input, the default batch size,
+(:meth:`Modality.transform`: resize, crop and normalize, or tokenize), a
+one-item example input, the default batch size,
 and whether activations below the pooled output can be cached (token states of
 texts vary in length). This is the one module that says ``"text"``; the rest of
 the package asks the backbone's modality (:func:`get_modality`).
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._backbone import TextConfig
+from ._runtime import Collate
 from .exceptions import BackboneError, ItemLoadError
 from .io import ImageTransform, as_image_source, as_text_source, is_image_path
 
@@ -39,7 +39,6 @@ __all__ = [
     "as_source",
     "make_transform",
     "TextTransform",
-    "TextCollate",
 ]
 
 
@@ -74,10 +73,6 @@ class Modality:
     def transform(self, backbone, augment=None):
         """The preprocessing the backbone's weights expect."""
         raise NotImplementedError
-
-    def collate(self, transform):
-        """Collate for ``(item, label)`` training pairs, or None for torch's default."""
-        return None
 
     def example_input(self, backbone, device=None):
         """A one-item input batch for ``backbone``, after preprocessing."""
@@ -142,15 +137,9 @@ class TextTransform:
         return f"TextTransform({type(self.tokenizer).__name__}, max_length={self.max_length})"
 
 
-class TextCollate:
-    """Collate ``(text, label)`` pairs into (tokenized batch, label tensor) for training."""
-
-    def __init__(self, transform: TextTransform):
-        self.transform = transform
-
-    def __call__(self, batch):
-        texts, y = zip(*batch)
-        return self.transform(list(texts)), torch.as_tensor(np.asarray(y))
+# Text nets pickled before the one batch iterator name this class as their collate_fn;
+# batches are collated by the dataset's collate now (sktransfer._runtime.Collate).
+TextCollate = Collate
 
 
 class TextModality(Modality):
@@ -165,9 +154,6 @@ class TextModality(Modality):
 
     def transform(self, backbone, augment=None):
         return TextTransform(backbone.tokenizer, backbone.data_config.max_length)
-
-    def collate(self, transform):
-        return TextCollate(transform)
 
     def example_input(self, backbone, device=None):
         batch = backbone.tokenizer(["example"], return_tensors="pt")

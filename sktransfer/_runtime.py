@@ -3,6 +3,9 @@
 Both estimators resolve ``device``/``precision``/``num_workers`` here and run
 inference through :func:`run_inference`, which streams a dataset batch by
 batch into a preallocated float32 array (memory bounded by the batch size).
+Every loop over a dataset (inference, skorch's training and validation, Grad-CAM)
+gets its batches from :class:`BatchLoader`, one item shape at a time, collated by
+:class:`Collate`.
 """
 
 from __future__ import annotations
@@ -297,14 +300,6 @@ def resolve_num_workers(num_workers: int | str) -> int:
     return int(num_workers)
 
 
-def loader_kwargs(device: torch.device, num_workers: int) -> dict:
-    kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
-    if num_workers > 0:
-        kw["prefetch_factor"] = 2
-        kw["persistent_workers"] = False
-    return kw
-
-
 def prepare_module(
     module: nn.Module, device: torch.device, channels_last: bool = True
 ) -> nn.Module:
@@ -343,9 +338,108 @@ def to_device(x, device: torch.device, channels_last: bool = True):
     return x
 
 
-def _collate_with_errors(batch):
-    xs, idx, errs = zip(*batch)
-    return torch.stack(xs), torch.as_tensor(idx), list(errs)
+class Collate:
+    """Items to one batch, for both item shapes: training pairs ``(x, y)`` give ``(x, y)``,
+    inference items ``(x, index, error)`` give ``(x, index, errors)``.
+
+    The inputs ``x`` are stacked, or, with ``batch_transform``, given to it as one list (a
+    text transform tokenizes and pads a batch); targets or indices become one tensor
+    (torch's ``default_collate``); errors stay a list of strings ("" for a good item).
+
+    Examples
+    --------
+    >>> x, y = Collate()([(torch.zeros(2), 1), (torch.ones(2), 0)])
+    >>> tuple(x.shape), y.tolist()
+    ((2, 2), [1, 0])
+    >>> x, index, errors = Collate()([(torch.zeros(2), 4, ""), (torch.zeros(2), 5, "bad")])
+    >>> index.tolist(), errors
+    ([4, 5], ['', 'bad'])
+    """
+
+    def __init__(self, batch_transform=None):
+        self.batch_transform = batch_transform
+
+    def __call__(self, batch):
+        from torch.utils.data import default_collate
+
+        xs, ys, *errors = zip(*batch)
+        if self.batch_transform is None:
+            x = default_collate(list(xs))
+        else:
+            x = self.batch_transform(list(xs))
+        y = default_collate(list(ys))
+        return (x, y, list(errors[0])) if errors else (x, y)
+
+    def __setstate__(self, state):
+        # text nets pickled before this class existed hold a TextCollate with `transform`
+        self.batch_transform = state.get("batch_transform", state.get("transform"))
+
+
+class BatchLoader(torch.utils.data.DataLoader):
+    """The one iterator over a dataset: inference (:func:`inference_batches`), training
+    and validation (skorch's ``iterator_train``/``iterator_valid``) and Grad-CAM.
+
+    It is a ``DataLoader`` whose defaults come from the dataset and the device: the
+    dataset's ``collate`` (else :class:`Collate`), batches from its ``batches(batch_size)``
+    when it has one and the order is not shuffled (texts grouped by length; the item
+    indices put rows back in place), page-locked memory for CUDA. Other keyword
+    arguments go to ``DataLoader`` unchanged (an explicit ``collate_fn`` or
+    ``batch_sampler`` is used as given). ``generator=None`` draws shuffling and worker
+    seeds from the global torch RNG, as skorch's training expects; inference passes
+    its own.
+
+    Examples
+    --------
+    >>> loader = BatchLoader(TensorItems(torch.arange(10.0)[:, None]), batch_size=4)
+    >>> [idx.tolist() for _, idx, _ in loader]
+    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        *,
+        device: torch.device | str | None = None,
+        num_workers: int = 0,
+        collate_fn=None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ):
+        if collate_fn is None:
+            collate_fn = getattr(dataset, "collate", None) or Collate()
+        by_dataset = hasattr(dataset, "batches") and not shuffle and batch_size is not None
+        if by_dataset and "batch_sampler" not in kwargs and "sampler" not in kwargs:
+            kwargs["batch_sampler"] = dataset.batches(batch_size)
+            batch_size = 1
+        if "pin_memory" not in kwargs and device is not None:
+            kwargs["pin_memory"] = torch.device(device).type == "cuda"
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            generator=generator,
+            **kwargs,
+        )
+
+
+def inference_batches(
+    dataset, *, batch_size: int, device: torch.device, num_workers: int = 0
+) -> BatchLoader:
+    """Batches of ``dataset`` in order for a forward pass (:class:`BatchLoader`), with
+    their own random generator: inference never consumes the global torch RNG that
+    seeds training (the loader draws a worker seed from it otherwise)."""
+    return BatchLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        device=device,
+        num_workers=num_workers,
+        generator=torch.Generator(),
+    )
 
 
 def run_inference(
@@ -368,19 +462,9 @@ def run_inference(
     :class:`ItemLoadError`; with ``"warn"``/``"ignore"`` its row is NaN (and a
     warning lists the failures for ``"warn"``).
     """
-    from torch.utils.data import DataLoader
-
     dataset.errors = "return"
-    batching = {"batch_size": batch_size, "shuffle": False}
-    if hasattr(dataset, "batches"):  # e.g. texts grouped by length; rows go back by index
-        batching = {"batch_sampler": dataset.batches(batch_size)}
-    loader = DataLoader(
-        dataset,
-        **batching,
-        collate_fn=getattr(dataset, "collate", _collate_with_errors),
-        # its own generator: inference must not consume the global RNG that seeds training
-        generator=torch.Generator(),
-        **loader_kwargs(device, num_workers),
+    loader = inference_batches(
+        dataset, batch_size=batch_size, device=device, num_workers=num_workers
     )
     module.eval()
     forward = _HalvingForward(module, device)

@@ -173,7 +173,10 @@ def _trains_batchnorm(module: StagedNet) -> bool:
 
 
 class _LabeledDataset(torch.utils.data.Dataset):
-    """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets."""
+    """``(x, y)`` pairs; ``.X``/``.y`` let skorch's scoring read the targets.
+
+    Its batches are collated as those of ``X`` (texts are tokenized per batch), by
+    :class:`sktransfer._runtime.BatchLoader`, skorch's iterator."""
 
     def __init__(self, X, y: np.ndarray):
         self.X = X
@@ -181,6 +184,10 @@ class _LabeledDataset(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.y)
+
+    @property
+    def collate(self):
+        return getattr(self.X, "collate", None)  # None: tensors are stacked
 
     def __getitem__(self, i):
         x = self.X[i]

@@ -394,14 +394,14 @@ def _compute(estimator, X, target, layer, batch_size: int):
         cam = LayerGradCam(net, hooked)
         size = ex.backbone.data_config.input_size
         cams, images, columns = [], [], []
-        for start in range(0, n, batch_size):
-            batch = torch.stack([dataset.load(i) for i in range(start, min(n, start + batch_size))])
+        batches = _runtime.inference_batches(dataset, batch_size=batch_size, device=ex.device)
+        for batch, idx in batches:
             x = _runtime.to_device(batch, ex.device)
             if wanted is None:
                 with torch.no_grad():
                     cols = net(x).argmax(dim=1)
             else:
-                cols = torch.as_tensor(wanted[start : start + len(batch)], device=ex.device)
+                cols = torch.as_tensor(wanted[idx.numpy()], device=ex.device)
             attr = cam.attribute(x, target=cols.tolist(), relu_attributions=True)
             attr = LayerAttribution.interpolate(attr.detach().float(), (size, size), "bilinear")
             cams.append(_normalize(attr[:, 0]))

@@ -421,11 +421,11 @@ class _FineTuneEstimator(BaseEstimator):
                 "sgd": torch.optim.SGD,
             }[optimizer]
         net_class, criterion, net_kwargs = self._skorch_net(y_enc)
-        workers = _runtime.resolve_num_workers(self.num_workers)
-        loader = _runtime.loader_kwargs(self.device_, workers)
-        collate = get_modality(module.backbone).collate(self.transform_)
-        if collate is not None and self.input_stage_ == 0:
-            loader["collate_fn"] = collate
+        # batches as inference's: collate and batching from the dataset (_runtime.BatchLoader)
+        loader = {
+            "device": self.device_,
+            "num_workers": _runtime.resolve_num_workers(self.num_workers),
+        }
         kwargs = {
             "optimizer__weight_decay": self.weight_decay,
             **{f"iterator_train__{k}": v for k, v in loader.items()},
@@ -440,6 +440,8 @@ class _FineTuneEstimator(BaseEstimator):
             lr=self.lr,
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
+            iterator_train=_runtime.BatchLoader,
+            iterator_valid=_runtime.BatchLoader,
             iterator_train__shuffle=True,
             callbacks=callbacks,
             device=str(self.device_),

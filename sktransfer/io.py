@@ -44,6 +44,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from ._containers import LazyItems, from_data_library
+from ._runtime import Collate
 from .exceptions import InputError, ItemLoadError
 
 __all__ = [
@@ -863,9 +864,10 @@ class TextDataset(torch.utils.data.Dataset):
             return self.source.texts[i], target
         return self.source.texts[i], target, ""
 
-    def collate(self, batch):
-        texts, idx, errs = zip(*batch)
-        return self.transform(list(texts)), torch.as_tensor(idx), list(errs)
+    @property
+    def collate(self) -> Collate:
+        """Tokenizes a batch of texts (with dynamic padding), for either item shape."""
+        return Collate(self.transform)
 
     def batches(self, batch_size: int, window: int = 50) -> list[list[int]]:
         """Index batches sorted by length within windows of ``window`` batches (less padding)."""

@@ -407,13 +407,15 @@ def preprocess(estimator, X) -> np.ndarray:
     (2, 3, 16, 16)
     """
     from ._modality import as_source
+    from ._runtime import inference_batches
     from .io import make_dataset
 
     if isinstance(estimator, Pipeline):
         estimator = estimator.steps[0][1]
     backbone = _image_backbone(estimator)
     data = make_dataset(as_source(X, backbone.modality), estimator.transform_)
-    return np.stack([data.load(i).numpy() for i in range(len(data))]).astype(np.float32)
+    batches = inference_batches(data, batch_size=64, device=torch.device("cpu"))
+    return np.concatenate([x.numpy() for x, _ in batches]).astype(np.float32)
 
 
 def _write_meta(path: Path, meta: dict) -> None:

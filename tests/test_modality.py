@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sktransfer import _runtime
-from sktransfer._modality import IMAGE, TEXT, TextCollate, get_modality
+from sktransfer._modality import IMAGE, TEXT, get_modality
 from sktransfer.backbones import Backbone, DataConfig
 from sktransfer.exceptions import BackboneError
 
@@ -46,7 +46,6 @@ def test_get_modality():
     assert get_modality(bb) is IMAGE and get_modality("text") is TEXT and get_modality(TEXT) is TEXT
     assert bb.modality == "image"  # the string stays
     assert get_modality(bb).example_input(bb).shape == (1, 3, 8, 8)
-    assert IMAGE.collate(None) is None and isinstance(TEXT.collate(None), TextCollate)
     assert IMAGE.caches_unpooled and not TEXT.caches_unpooled
     assert pickle.loads(pickle.dumps(TEXT)) is TEXT
     with pytest.raises(BackboneError, match="Unknown modality 'audio'"):
