@@ -844,6 +844,8 @@ def time_one(task: dict) -> dict:
     if task["strategy"] != "feature_extraction":
         out["epochs_run"] = len(model.history_)
         out["precision"] = model.net_.amp_dtype
+        out["unfreeze_"] = model.unfreeze_  # the depth unfreeze="auto" chose
+        out["unfreeze_scores_"] = model.unfreeze_scores_
     else:
         out["precision"] = model[0].precision_
     return out

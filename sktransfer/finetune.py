@@ -673,11 +673,12 @@ class FineTuneClassifier(ClassifierMixin, _FineTuneEstimator):
     sibling for continuous targets.
 
     The defaults are the recipe that measured best within a CPU budget
-    (``benchmarks/strategies.py``, ``docs/strategies.md``): the top stage of the
-    backbone trains with the head (``unfreeze=1``, at 0.1x the head's rate) for 6
-    epochs under a one-cycle schedule, with label smoothing 0.1. The frozen
-    stages run once per image, so a default fit costs little more than feature
-    extraction.
+    (``benchmarks/recipe_candidates.py``, ``docs/strategies.md``): the top one or
+    two stages of the backbone, whichever does better on the validation hold-out
+    (``unfreeze="auto"``), train with the head (at 0.1x the head's rate) for 6
+    epochs under a one-cycle schedule, with label smoothing 0.1, and the chosen
+    depth is refitted on all the data. The frozen stages run once per image for
+    the whole fit.
 
     Parameters
     ----------

@@ -19,6 +19,7 @@ from sktransfer import BackboneSpec, DataConfig, FineTuneClassifier, FineTuneReg
 from sktransfer._auto_depth import AUTO_DEPTHS, FALLBACK_DEPTH
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _small_fits import small_fit  # noqa: E402
 from _tolerances import FP32_TOLERANCE  # noqa: E402
 
 
@@ -44,17 +45,7 @@ def _spec():
 
 
 def _small(estimator=FineTuneClassifier, **params):
-    defaults = dict(
-        max_epochs=3,
-        batch_size=16,
-        validation_split=0.25,
-        precision="fp32",
-        num_workers=0,
-        random_state=0,
-        verbose=0,
-        lr=1e-2,
-    )
-    return estimator(_spec(), **{**defaults, **params})
+    return small_fit(estimator, _spec(), **{"validation_split": 0.25, **params})
 
 
 @pytest.fixture(scope="module")

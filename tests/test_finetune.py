@@ -322,7 +322,9 @@ def test_partial_fit_continues_training(data):
 
 def test_validation_split_and_early_stopping(data):
     X, y = data
-    clf = _clf(max_epochs=30, validation_split=0.25, early_stopping=2, lr=0.05).fit(X, y)
+    # a fixed depth: with unfreeze="auto" the hold-out chooses the depth and the refit has none
+    clf = _clf(unfreeze=1, max_epochs=30, validation_split=0.25, early_stopping=2, lr=0.05)
+    clf.fit(X, y)
     h = clf.history_
     assert "valid_loss" in h[-1] and "valid_acc" in h[-1]
     assert len(h) < 30, "early stopping should stop a 30-epoch run on an easy task"

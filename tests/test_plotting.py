@@ -19,8 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def fitted():
     digits = load_digits()
     X, y = digits.images[:40], digits.target[:40] % 2  # 2 classes, 20 images each
-    clf = FineTuneClassifier(
-        max_epochs=2, validation_split=0.25, early_stopping=False, verbose=0, random_state=0
+    clf = FineTuneClassifier(  # a fixed depth keeps the hold-out (see unfreeze="auto")
+        unfreeze=1, max_epochs=2, validation_split=0.25, early_stopping=False, verbose=0,
+        random_state=0,
     )
     return clf.fit(X, y)
 

@@ -20,6 +20,9 @@ R^2 > 0.5; ``tests/test_targets.py`` tests learning on images); only the tensor-
 check is listed.
 """
 
+import sys
+from pathlib import Path
+
 import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
@@ -31,6 +34,9 @@ from sktransfer import (
     FineTuneRegressor,
     PretrainedFeatureExtractor,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _small_fits import small_fit  # noqa: E402
 
 _ONE_EPOCH_ACCURACY = (
     "accuracy on tabular toy data after one epoch: each row of the blobs becomes a tiny image "
@@ -54,16 +60,7 @@ def _fine_tune(estimator=FineTuneClassifier):
     spec = BackboneSpec(
         module=_tiny_conv_net(), data_config=DataConfig(input_size=8, resize_size=None)
     )
-    return estimator(
-        spec,
-        max_epochs=1,
-        batch_size=16,
-        validation_split=None,
-        precision="fp32",
-        num_workers=0,
-        random_state=0,
-        verbose=0,
-    )
+    return small_fit(estimator, spec, max_epochs=1, lr=1e-3)
 
 
 def _expected_failed_checks(estimator):

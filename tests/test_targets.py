@@ -30,6 +30,7 @@ from sktransfer.exceptions import InputError
 from sktransfer.serving import preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _small_fits import small_fit  # noqa: E402
 from _tolerances import FP32_TOLERANCE  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -44,17 +45,7 @@ def _spec(seed=0):
 
 
 def _small(estimator, **params):
-    defaults = dict(
-        max_epochs=3,
-        batch_size=16,
-        validation_split=None,
-        precision="fp32",
-        num_workers=0,
-        random_state=0,
-        verbose=0,
-        lr=1e-2,
-    )
-    return estimator(_spec(), **{**defaults, **params})
+    return small_fit(estimator, _spec(), **params)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +147,7 @@ def test_grid_search_with_a_regression_scorer(digits):
 
 def test_regressor_validation_split_is_shuffled_and_checked(digits):
     X, y = digits
-    reg = _small(FineTuneRegressor, validation_split=0.25, max_epochs=2).fit(X, y)
+    reg = _small(FineTuneRegressor, unfreeze=1, validation_split=0.25, max_epochs=2).fit(X, y)
     assert np.isfinite(reg.history_[-1, "valid_loss"])
     assert "valid_acc" not in reg.history_[-1]  # no accuracy for continuous targets
     with pytest.raises(InputError, match="cannot split 1 sample"):
@@ -254,7 +245,7 @@ def test_multilabel_label_smoothing_changes_the_loss(digits):
 def test_multilabel_validation_and_partial_fit(digits):
     X, y = digits
     Y = _indicator(y)
-    clf = _small(FineTuneClassifier, validation_split=0.25, max_epochs=2).fit(X, Y)
+    clf = _small(FineTuneClassifier, unfreeze=1, validation_split=0.25, max_epochs=2).fit(X, Y)
     assert np.isfinite(clf.history_[-1, "valid_loss"])
     clf.partial_fit(X, Y)
     assert len(clf.history_) == 4
