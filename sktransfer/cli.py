@@ -309,13 +309,13 @@ def _layer(text: str) -> int | str:
 
 
 def _unfreeze(text: str) -> int | str:
-    if text == "all":
-        return "all"
+    if text in ("all", "auto"):
+        return text
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an integer >= 0 or 'all', got {text!r}"
+            f"expected an integer >= 0, 'all' or 'auto', got {text!r}"
         ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {value}")
@@ -571,8 +571,9 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
         "--unfreeze",
         type=_unfreeze,
         default=0,
-        metavar="N|all",
-        help="top backbone stages that train: 0 = the head only, all = everything (default: 0)",
+        metavar="N|all|auto",
+        help="top backbone stages that train: 0 = the head only, all = everything, auto = 1 "
+        "or 2, whichever does better on the validation images (default: 0)",
     )
     parser.add_argument(
         "--epochs", type=_positive_int, default=10, metavar="N", help="maximum epochs (default: 10)"
@@ -686,6 +687,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
     if X_val is not None:
         scores += f", validation accuracy {clf.score(X_val, y_val):.3f}"
     epochs = len(clf.history_)
+    if clf.unfreeze_scores_:
+        losses = ", ".join(f"{d}: {v:.4f}" for d, v in clf.unfreeze_scores_.items())
+        print(f"--unfreeze auto chose {clf.unfreeze_} (validation loss {losses})")
     print(f"Trained {epochs} epoch(s) in {seconds:.1f} s: {scores}")
     print(f"Model saved to {out} (sktransfer predict {out} IMAGES)")
     return EXIT_OK

@@ -440,3 +440,16 @@ def test_predict_writes_multi_label_rows(photos, photo_paths, tmp_path):
     assert [r["prediction"] for r in rows] == expected
     proba = np.array([[float(r[f"proba_{j}"]) for j in range(3)] for r in rows])
     np.testing.assert_allclose(proba, clf.predict_proba(photo_paths), atol=1e-5)
+
+
+def test_finetune_unfreeze_auto_chooses_on_the_held_out_images(photos, tmp_path, capsys):
+    argv = ["finetune", str(photos), "--epochs", "1", "--batch-size", "4", "--random-state", "0"]
+    assert cli.main([*argv, "--unfreeze", "auto", "--quiet", "-o", str(tmp_path / "m.joblib")]) == 0
+    out = capsys.readouterr().out
+    chosen = re.search(r"--unfreeze auto chose (\d) \(validation loss 1: [0-9.]+, 2: [0-9.]+\)", out)
+    assert chosen and chosen[1] in ("1", "2")
+    import joblib
+
+    model = joblib.load(tmp_path / "m.joblib")
+    assert model.unfreeze == "auto" and model.unfreeze_ == int(chosen[1])
+    assert "valid_acc" in model.history_[-1]  # the held-out images stay the refit's validation
