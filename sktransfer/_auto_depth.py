@@ -15,6 +15,11 @@ estimators choose a regularisation strength:
    ``validation_split=(X_val, y_val)``, is not part of ``X`` and stays the refit's
    validation data).
 
+With ``checkpoint_dir``, only the refit is checkpointed (keyed by its own parameters:
+the chosen depth, no hold-out): a killed fit reruns the trials on the cached
+activations, which with the same ``random_state`` choose the same depth, and resumes
+the refit.
+
 The trials and the refit share one activation cache (the estimator's ``memory``, or a
 temporary one for the duration of the fit), so the frozen bottom of the network runs
 once per image for all of them, and the trials only train the top stages. Where frozen
@@ -89,7 +94,9 @@ def fit_auto_depth(estimator, X, y, classes=None) -> None:
         final = _variant(
             estimator,
             unfreeze=best,
-            random_state=seed,
+            # random_state=None: the refit draws its own seed, and a checkpoint of a killed
+            # refit resumes with the seed it drew (FitCheckpoint), as for a fixed depth
+            random_state=None if estimator.random_state is None else seed,
             memory=memory,
             validation_split=estimator.validation_split if given else None,
         )

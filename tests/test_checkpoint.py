@@ -325,3 +325,53 @@ def test_default_recipe_schedule_resumes_exactly(tmp_path):
         resumed, _ = _kill_and_resume(folder, after, **kw)
         _assert_same_history(_history(resumed), _history(reference))
         _assert_same_weights(resumed, reference)
+
+
+# --------------------------------------------------------------------------- unfreeze="auto"
+
+
+class _KillRefitAfterEpoch(Callback):
+    """Raises _Killed in the refit of unfreeze="auto" (the fit without a hold-out) at the
+    start of the epoch after ``_KILL["refit_after"]``; the trials (with one) run through."""
+
+    def on_epoch_begin(self, net, **kwargs):
+        if net.train_split is not None:
+            return
+        _KILL["refit_epochs"] = _KILL.get("refit_epochs", 0) + 1
+        after = _KILL.get("refit_after")
+        if after is not None and len(net.history) == after + 1:
+            raise _Killed
+
+
+def _auto(folder):
+    return _fit_clf(
+        unfreeze="auto",
+        validation_split=0.25,
+        max_epochs=3,
+        precision="fp32",
+        callbacks=[_KillRefitAfterEpoch()],
+        checkpoint_dir=str(folder),
+    )
+
+
+def test_auto_checkpoints_only_the_refit_and_a_killed_refit_resumes_exactly(tmp_path):
+    X, y = _images()
+    reference = _auto(tmp_path / "reference").fit(X, y)
+    assert len(reference.unfreeze_scores_) == 2  # the trials ran ...
+    (path,) = _files(tmp_path / "reference")  # ... and wrote no checkpoint
+    assert torch.load(path, weights_only=True)["finished"]
+    _KILL["refit_after"] = 1
+    try:
+        with pytest.raises(_Killed):
+            _auto(tmp_path / "killed").fit(X, y)
+    finally:
+        _KILL["refit_after"] = None
+    saved = _saved(tmp_path / "killed")
+    assert len(saved["history"]) == 1 and not saved["finished"]
+    _KILL["refit_epochs"] = 0
+    resumed = _auto(tmp_path / "killed").fit(X, y)
+    assert _KILL["refit_epochs"] == 2  # the refit resumed after its first epoch
+    assert resumed.unfreeze_ == reference.unfreeze_
+    _assert_same_history(_history(resumed), _history(reference))
+    _assert_same_weights(resumed, reference)
+    assert _saved(tmp_path / "killed")["finished"]
