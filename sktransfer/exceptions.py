@@ -183,8 +183,9 @@ class TrainingDivergedError(SktransferError, RuntimeError):
 
 class ExportError(SktransferError, ValueError):
     """A fitted estimator cannot be exported for serving (see :func:`sktransfer.export`):
-    not fitted, not an exportable estimator, or a layer the exporter cannot convert (the
-    message names it).
+    not fitted, not an exportable estimator, a layer the exporter cannot convert (the
+    message names it), or a text tokenizer that the ``tokenizers`` library cannot
+    reproduce for a service.
 
     Examples
     --------

@@ -150,11 +150,35 @@ def test_errors_name_the_problem(tmp_path, monkeypatch):
     ).fit()
     with pytest.raises(ExportError, match="stage '1'"):
         export(bad, tmp_path / "bad.onnx")
-    # text backbones are refused with the reason
-    text = PretrainedFeatureExtractor("all-MiniLM-L6-v2", precision="fp32").fit()
-    with pytest.raises(ExportError, match="text backbone"):
-        export(text, tmp_path / "text.onnx")
     # without onnx installed, the error names the extra
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(MissingDependencyError, match=r"sktransfer\[onnx\]"):
         export(ext, tmp_path / "b.onnx")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch.export"])
+def test_hugging_face_vision_model(fmt, tmp_path):
+    """A Hugging Face ViT (its embedding stage stops the model's own forward at the first
+    layer) exports too; fed by ``preprocess``, it gives ``transform``."""
+    pytest.importorskip("transformers")
+    from _hf_tiny import build_vision
+    from _tolerances import FP32_TOLERANCE
+    from PIL import Image
+
+    from sktransfer.serving import preprocess
+
+    ext = PretrainedFeatureExtractor(str(build_vision("vit", tmp_path)), precision="fp32").fit()
+    path = export(ext, tmp_path / "vit.model", format=fmt)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (40, 36 + 4 * i, 3), dtype=np.uint8)) for i in range(3)
+    ]
+    x = preprocess(ext, images)
+    if fmt == "onnx":
+        import onnxruntime
+
+        out = onnxruntime.InferenceSession(str(path)).run(None, {"pixel_values": x})[0]
+    else:
+        with torch.no_grad():
+            out = torch.export.load(str(path)).module()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, ext.transform(images), **FP32_TOLERANCE)

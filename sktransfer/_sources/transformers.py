@@ -144,6 +144,24 @@ class _Stop(Exception):
     """Raised by the pre-hook on the first layer: the embedding stage has what it needs."""
 
 
+def _tracer_module_stack():
+    """The module call stack of the tracer of ``torch.export`` (and of the ONNX exporter,
+    which runs it), or None outside an export.
+
+    The tracer pushes each module it enters and pops it on return, but not when the
+    call raises; :class:`Embeddings` stops the tower by raising from its first layer,
+    so it puts the stack back as it was (otherwise the export fails on "Unexpected key").
+    """
+    if not torch.compiler.is_exporting():
+        return None
+    try:
+        from torch.fx.experimental.proxy_tensor import get_proxy_mode
+    except ImportError:  # a torch without it: the export then fails with torch's own error
+        return None
+    stack = getattr(getattr(get_proxy_mode(), "tracer", None), "module_stack", None)
+    return stack if isinstance(stack, dict) else None
+
+
 class Embeddings(nn.Module):
     """First stage: inputs -> the hidden states and call context of the first layer.
 
@@ -175,13 +193,17 @@ class Embeddings(nn.Module):
 
         first = self._tower.get_submodule(self.layers)[0]
         handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        stack = _tracer_module_stack()
+        saved = list(stack.items()) if stack is not None else None
         try:
             if isinstance(batch, dict):
                 self._tower(**{k: v for k, v in batch.items() if k in self.inputs})
             else:
                 self._tower(pixel_values=batch)
         except _Stop:
-            pass
+            if saved is not None:  # the modules that _Stop left are not on the stack any more
+                stack.clear()
+                stack.update(saved)
         finally:
             handle.remove()
         if not seen:
