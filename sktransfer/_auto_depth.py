@@ -70,12 +70,13 @@ def fit_auto_depth(estimator, X, y, classes=None) -> None:
     backbone = estimator._load_backbone()
     n_stages = len(backbone.stage_names)
     depths = [d for d in AUTO_DEPTHS if d <= n_stages] or [n_stages]
+    search = len(depths) > 1 and _searchable(estimator, backbone)
     scores: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
         memory = estimator.memory
-        if memory is None and _searchable(estimator, backbone):
+        if memory is None and search:
             memory = stack.enter_context(tempfile.TemporaryDirectory(prefix="sktransfer-auto-"))
-        if _searchable(estimator, backbone) and len(depths) > 1:
+        if search:
             for depth in depths:
                 trial = _variant(estimator, unfreeze=depth, random_state=seed, memory=memory)
                 trial.set_params(checkpoint_dir=None, verbose=0)
