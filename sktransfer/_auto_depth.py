@@ -38,6 +38,7 @@ import tempfile
 from sklearn.base import clone
 
 from ._modality import get_modality
+from ._validation import is_fitted_name
 
 __all__ = ["AUTO_DEPTHS", "FALLBACK_DEPTH", "fit_auto_depth"]
 
@@ -102,7 +103,7 @@ def fit_auto_depth(estimator, X, y, classes=None) -> None:
             validation_split=estimator.validation_split if given else None,
         )
         final._fit(X, y, continue_training=False, classes=classes)
-    fitted = {k: v for k, v in vars(final).items() if k.endswith("_") and not k.startswith("_")}
+    fitted = {k: v for k, v in vars(final).items() if is_fitted_name(k)}
     if estimator.memory is None:  # the temporary cache is gone: predict runs the network
         fitted["prefix_keys_"] = None
     vars(estimator).update(fitted)

@@ -41,6 +41,12 @@ def check_fitted(estimator, attribute: str) -> None:
         )
 
 
+def is_fitted_name(name: str) -> bool:
+    """Whether attribute ``name`` is fitted state by scikit-learn's convention (``coef_``,
+    not ``_private`` nor a parameter)."""
+    return name.endswith("_") and not name.startswith("_")
+
+
 def _is_dataframe(X) -> bool:
     """A pandas or polars DataFrame (both carry column names sklearn records)."""
     return hasattr(X, "columns") and (hasattr(X, "iloc") or _is_polars(X))

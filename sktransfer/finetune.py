@@ -60,6 +60,7 @@ from ._validation import (
     check_fitted,
     check_input,
     check_prefixed_params,
+    is_fitted_name,
     random_split,
     stratified_split,
     validate_params,
@@ -209,7 +210,7 @@ class _FineTuneEstimator(BaseEstimator):
 
     def _fit_new(self, X, y, classes=None):
         staged = object.__new__(type(self))
-        staged.__dict__.update((k, v) for k, v in vars(self).items() if not _is_fitted_name(k))
+        staged.__dict__.update((k, v) for k, v in vars(self).items() if not is_fitted_name(k))
         with _item_errors(type(self).__name__, "fit"):
             if isinstance(self.unfreeze, str) and self.unfreeze == "auto":
                 validate_params(staged)
@@ -223,7 +224,7 @@ class _FineTuneEstimator(BaseEstimator):
         return self
 
     def _drop_fitted(self):
-        for name in [k for k in vars(self) if _is_fitted_name(k)]:
+        for name in [k for k in vars(self) if is_fitted_name(k)]:
             delattr(self, name)
 
     def _fit(self, X, y, *, continue_training: bool, classes=None):
@@ -1337,10 +1338,6 @@ def _logistic_rows(F, y, class_weight, n_classes=2):
     bias = np.full(n_classes, intercept.min() - 5.0)  # a class absent from the training part
     weight[present], bias[present] = coef, intercept
     return weight, bias
-
-
-def _is_fitted_name(name: str) -> bool:
-    return name.endswith("_") and not name.startswith("_")
 
 
 @contextlib.contextmanager
